@@ -1,0 +1,49 @@
+"""The one place that picks a compute backend.
+
+``backend=`` (argument) beats ``TENSORNET_FAST_BACKEND`` (environment) beats ``"auto"``.
+An explicit request that cannot be honoured raises; ``auto`` picks the fastest available and
+says once, with a warning, when it had to fall back.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+BACKENDS = ("auto", "reference")
+ENV_VAR = "TENSORNET_FAST_BACKEND"
+_warned: set[str] = set()
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def _available() -> dict[str, str | None]:
+    """backend -> None if usable here, else the reason it is not."""
+    return {"reference": None}
+
+
+def available_backends() -> list[str]:
+    return [name for name, why in _available().items() if why is None]
+
+
+def resolve_backend(requested: str | None = None, device: str = "cpu") -> str:
+    name = requested if requested not in (None, "") else os.environ.get(ENV_VAR, "auto")
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    status = _available()
+    if name != "auto":
+        why = status.get(name)
+        if why is not None:
+            raise BackendUnavailable(f"backend {name!r} is not available: {why}")
+        return name
+    # auto: the fused backends will be preferred here once they land.
+    return "reference"
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)

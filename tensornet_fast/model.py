@@ -1,0 +1,292 @@
+"""The user-facing model: ``load_model(...)`` returns a :class:`TensorNetModel` that is called
+like torchmd-net's ``TorchMD_Net``: ``energy, forces = model(z, pos, batch=None, box=None, q=None)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import reference
+from .backends import resolve_backend, warn_once
+from .checkpoint import load_checkpoint
+from .config import ModelConfig
+from .errors import CheckpointError, InputError
+from .neighbors import NeighborList, radius_graph_full
+from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
+from .priors import atomref_energy, d2_energy, zbl_energy
+
+_DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+NAMED_MODELS = {"default": os.path.join(_DATA_DIR, "default.ckpt")}
+
+
+class TensorNetModel(nn.Module):
+    """TensorNet energies and forces; parameters named as in torchmd-net's ``TorchMD_Net``."""
+
+    def __init__(self, config: ModelConfig, derivative: bool = True, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        self.derivative = derivative
+        self.backend = resolve_backend(backend)
+        self.representation_model = RepresentationParams(config)
+        self.output_model = OutputParams(config)
+        priors = [PRIOR_PARAMS[spec.name](spec, config) for spec in config.priors]
+        self.prior_model = nn.ModuleList(priors) if priors else None
+        self.register_buffer("mean", torch.zeros((), dtype=config.dtype))
+        self.register_buffer("std", torch.ones((), dtype=config.dtype))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.representation_model.linear.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.representation_model.linear.weight.device
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff_upper
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"F={c.embedding_dimension}, layers={c.num_layers}, rbf={c.rbf_type}x{c.num_rbf}, "
+            f"cutoff=({c.cutoff_lower}, {c.cutoff_upper}), group={c.equivariance_invariance_group}, "
+            f"backend={self.backend!r}"
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(
+        self, z: Tensor, pos: Tensor, batch: Tensor | None, q: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        if not isinstance(z, Tensor) or z.dim() != 1:
+            raise InputError(f"z must be a 1-D tensor of atom types, got {getattr(z, 'shape', z)}")
+        if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
+            raise InputError(f"z must be an integer tensor, got {z.dtype}")
+        if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+            raise InputError(f"pos must be [n_atoms, 3], got {getattr(pos, 'shape', pos)}")
+        if pos.shape[0] != z.shape[0]:
+            raise InputError(f"z has {z.shape[0]} atoms but pos has {pos.shape[0]}")
+        if z.shape[0] == 0:
+            raise InputError("empty system: no atoms")
+        if pos.dtype != self.dtype:
+            raise InputError(
+                f"pos is {pos.dtype} but the model is {self.dtype}: convert one of them "
+                f"(pos.to({self.dtype}) or model.to({pos.dtype}))"
+            )
+        for name, t in (("z", z), ("pos", pos), ("batch", batch), ("q", q)):
+            if t is not None and t.device != self.device:
+                raise InputError(f"{name} is on {t.device} but the model is on {self.device}")
+        if not bool(torch.isfinite(pos).all()):
+            bad = torch.nonzero(~torch.isfinite(pos).all(1)).flatten()[:5].tolist()
+            raise InputError(f"positions contain NaN or inf (atoms {bad})")
+        z = z.long()
+        max_z = self.config.max_z
+        out_of_range = (z < 0) | (z >= max_z)
+        if bool(out_of_range.any()):
+            bad = torch.unique(z[out_of_range])[:10].tolist()
+            raise InputError(f"atom types {bad} are outside this model's range 0..{max_z - 1}")
+        if batch is None:
+            batch = torch.zeros_like(z)
+        elif batch.shape != z.shape or batch.dtype.is_floating_point:
+            raise InputError(f"batch must be an integer tensor of shape {tuple(z.shape)}")
+        elif bool((batch < 0).any()):
+            raise InputError("batch indices must be >= 0")
+        return z, batch.long()
+
+    def _charge_factor(self, q: Tensor | None, batch: Tensor, n_mol: int) -> Tensor:
+        """1 + 0.1 q per atom; q is the molecules' total charge, used iff the model has charge."""
+        if q is not None and not self.config.charge:
+            if bool((q != 0).any()):
+                warn_once(
+                    "q-ignored",
+                    "this checkpoint was trained without total charges (charge: false); "
+                    "q is ignored, as torchmd-net's trainer ignores it for such models",
+                )
+            q = None
+        if q is None:
+            return torch.ones(batch.shape[0], dtype=self.dtype, device=batch.device)
+        q = torch.as_tensor(q, device=batch.device).to(self.dtype).reshape(-1)
+        if q.numel() == 1 and n_mol > 1:
+            q = q.expand(n_mol)
+        if q.shape[0] != n_mol:
+            raise InputError(f"q must hold one total charge per molecule ({n_mol}), got {q.shape[0]}")
+        return 1.0 + 0.1 * q[batch]
+
+    def _default_box(self) -> Tensor | None:
+        if self.config.box_vecs is None:
+            return None
+        return self.representation_model.distance.box.to(self.dtype)
+
+    # ------------------------------------------------------------------ compute
+    def neighbor_list(self, pos: Tensor, batch: Tensor, box: Tensor | None) -> NeighborList:
+        c = self.config
+        nl = radius_graph_full(pos, c.cutoff_upper, batch, box, loop=True, cutoff_lower=c.cutoff_lower)
+        i, j = nl.edge_index
+        coincident = (nl.edge_dist == 0) & (i != j)
+        if bool(coincident.any()):
+            e = int(torch.nonzero(coincident)[0])
+            raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
+        return nl
+
+    def energy(
+        self, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, charge_factor: Tensor,
+        n_mol: int,
+    ) -> Tensor:
+        """Per-molecule energy [n_mol, 1] for validated, batch-sorted inputs."""
+        nl = self.neighbor_list(pos, batch, box)
+        eps = reference.atomic_energies(
+            self.representation_model,
+            self.output_model.output_network.layers,
+            self.config,
+            z,
+            nl.edge_index,
+            nl.edge_vec,
+            nl.edge_dist,
+            charge_factor,
+        )
+        return self.reduce_energy(eps, z, pos, batch, box, n_mol)
+
+    def reduce_energy(
+        self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
+    ) -> Tensor:
+        """epsilon_i * std (+ atomref) -> per molecule (+ mean) (+ ZBL, D2).  [n_mol, 1]"""
+        eps = eps * self.std
+        priors = list(zip(self.config.priors, self.prior_model or []))
+        for spec, prior in priors:
+            if spec.name == "Atomref":
+                eps = eps + atomref_energy(prior, z)
+        y = torch.zeros(n_mol, 1, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
+        if self.config.reduce_op == "mean":
+            # torchmd-net reduces with scatter_reduce(..., "mean") on a zero tensor, whose
+            # include_self=True counts the zero: the divisor is n_atoms + 1. Trained models
+            # learned that divisor, so it is reproduced here.
+            count = torch.bincount(batch, minlength=n_mol).to(eps.dtype)
+            y = y / (count + 1)[:, None]
+        y = y + self.mean
+        for spec, prior in priors:
+            if spec.name == "ZBL":
+                y = y + zbl_energy(prior, z, pos, batch, box, n_mol)[:, None]
+            elif spec.name == "D2":
+                y = y + d2_energy(prior, z, pos, batch, n_mol)[:, None]
+        return y
+
+    def forward(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        box: Tensor | None = None,
+        q: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Energies ``[n_molecules, 1]`` and forces ``[n_atoms, 3]`` (an empty tensor when the
+        model was loaded with ``derivative=False``), like torchmd-net's ``TorchMD_Net``.
+
+        ``z`` atom types [N] (integers, 0 <= z < max_z), ``pos`` [N, 3] in the model's dtype,
+        ``batch`` molecule index per atom (n_molecules = batch.max() + 1), ``box`` [3, 3] or
+        [n_molecules, 3, 3] cell rows (defaults to the checkpoint's ``box_vecs``), ``q`` total
+        charge per molecule (used only by models trained with ``charge: true``).
+        """
+        z, batch = self._check_inputs(z, pos, batch, q)
+        n_mol = int(batch.max()) + 1
+        if box is None:
+            box = self._default_box()
+        order = None
+        if bool((batch[1:] < batch[:-1]).any()):
+            order = torch.sort(batch, stable=True).indices
+            z, pos_in, batch = z[order], pos[order], batch[order]
+        else:
+            pos_in = pos
+        charge_factor = self._charge_factor(q, batch, n_mol)
+        if not self.derivative:
+            return self.energy(z, pos_in, batch, box, charge_factor, n_mol), pos.new_empty(0)
+        with torch.enable_grad():
+            leaf = pos_in.detach().requires_grad_(True)
+            y = self.energy(z, leaf, batch, box, charge_factor, n_mol)
+            create_graph = self.training or pos.requires_grad
+            (dy,) = torch.autograd.grad(y.sum(), leaf, create_graph=create_graph)
+        forces = -dy
+        if order is not None:
+            forces = torch.empty_like(forces).index_copy(0, order, forces)
+        if not create_graph:
+            y = y.detach()
+        return y, forces
+
+
+def _resize_to_checkpoint(model: TensorNetModel, state: Mapping[str, Tensor]) -> None:
+    """Prior tables have checkpoint-defined lengths: size those buffers/weights from the file."""
+    if model.prior_model is None:
+        return
+    for name, tensor in list(model.prior_model.named_parameters()) + list(
+        model.prior_model.named_buffers()
+    ):
+        key = "prior_model." + name
+        if key in state and state[key].shape != tensor.shape:
+            tensor.data = torch.zeros(state[key].shape, dtype=tensor.dtype)
+
+
+def build_model(
+    config: ModelConfig,
+    state: Mapping[str, Tensor],
+    derivative: bool = True,
+    backend: str = "auto",
+) -> TensorNetModel:
+    model = TensorNetModel(config, derivative=derivative, backend=backend)
+    _resize_to_checkpoint(model, state)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            "checkpoint does not match a TensorNet with these hyper-parameters: "
+            + (f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''} " if missing else "")
+            + (f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "")
+        )
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise CheckpointError("weight shapes do not match the hyper-parameters: " + "; ".join(bad[:5]))
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"checkpoint weights contain NaN/inf: {nonfinite[:5]}")
+    model.load_state_dict(dict(state), strict=True)
+    return model.eval()
+
+
+def load_model(
+    path: str | os.PathLike | Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    derivative: bool = True,
+    backend: str = "auto",
+    layout: str = "auto",
+    **overrides: Any,
+) -> TensorNetModel:
+    """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
+
+    Args:
+        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), or an already
+            loaded checkpoint/state-dict mapping.
+        device: where the model lives.
+        derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
+        backend: ``"auto"``, ``"reference"`` (see ``tensornet_fast.available_backends()``);
+            overridden by nothing, but ``TENSORNET_FAST_BACKEND`` sets the default.
+        layout: weight layout of the 3F-output linears: ``"auto"``, ``"blocked"`` (torchmd-net
+            >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
+            the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all
+            others as blocked: files from torchmd-net 2.6.2 need ``layout="interleaved"``.
+        **overrides: hyper-parameters replacing the file's (e.g. ``precision=64`` to run in
+            float64, ``remove_ref_energy=False`` to add the Atomref energies back).
+    """
+    if isinstance(path, str) and path in NAMED_MODELS:
+        path = NAMED_MODELS[path]
+    config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
+    model = build_model(config, state, derivative=derivative, backend=backend)
+    return model.to(device)

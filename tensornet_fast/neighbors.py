@@ -1,0 +1,222 @@
+"""Radius graph (neighbour list): the plain-PyTorch reference search.
+
+Exact for any triclinic cell and any cutoff, including cutoffs larger than half the cell (every
+periodic image within the cutoff is a separate edge). Cost is O(N^2 * images) per call, in
+row chunks to bound memory; it is the reference the compiled cell-list search is tested against.
+
+Conventions (SPEC.md): edge e = (i, j), i = edge_index[0] receives, j = edge_index[1] sends,
+``edge_vec = pos[i] - pos[j] + shift @ box``; both directions of every pair; pairs with
+``cutoff_lower <= d < cutoff``; with ``loop=True`` one self-loop (i, i) per atom with d = 0.
+Edges are sorted by receiver, then sender, then shift: the same input gives the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+# Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
+_MAX_CANDIDATES = 1 << 22
+
+
+@dataclasses.dataclass
+class NeighborList:
+    edge_index: Tensor  # [2, E] int64, sorted by receiver i = edge_index[0]
+    edge_vec: Tensor  # [E, 3] pos[i] - pos[j] + shift @ box (differentiable)
+    edge_dist: Tensor  # [E] |edge_vec|, exactly 0 on self-loops (differentiable elsewhere)
+    shifts: Tensor  # [E, 3] integer lattice shifts (as pos dtype), 0 without a box
+    row_ptr: Tensor  # [N + 1] CSR row pointer over receivers
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+
+def validate_graph_inputs(
+    pos: Tensor, cutoff: float, batch: Tensor | None, box: Tensor | None, cutoff_lower: float
+) -> tuple[Tensor, Tensor | None]:
+    """Check shapes, dtypes and values; return (batch [N] int64, box [B, 3, 3] or None)."""
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+        raise InputError(f"pos must be a [n_atoms, 3] tensor, got {shape}")
+    if pos.dtype not in (torch.float32, torch.float64):
+        raise InputError(f"pos must be float32 or float64, got {pos.dtype}")
+    if not math.isfinite(cutoff) or cutoff <= 0:
+        raise InputError(f"cutoff must be a positive finite number, got {cutoff}")
+    if not (0 <= cutoff_lower < cutoff):
+        raise InputError(f"need 0 <= cutoff_lower < cutoff, got {cutoff_lower} and {cutoff}")
+    if not bool(torch.isfinite(pos).all()):
+        bad = torch.nonzero(~torch.isfinite(pos).all(1)).flatten()[:5].tolist()
+        raise InputError(f"positions contain NaN or inf (atoms {bad})")
+    n = pos.shape[0]
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=pos.device)
+    else:
+        if batch.dim() != 1 or batch.shape[0] != n:
+            raise InputError(f"batch must have shape [{n}], got {tuple(batch.shape)}")
+        if batch.dtype.is_floating_point or batch.dtype == torch.bool:
+            raise InputError(f"batch must be an integer tensor, got {batch.dtype}")
+        if batch.device != pos.device:
+            raise InputError(f"batch is on {batch.device} but pos on {pos.device}")
+        batch = batch.long()
+        if n and bool((batch[1:] < batch[:-1]).any()):
+            raise InputError("batch must be sorted (atoms of a molecule contiguous, ascending)")
+        if n and int(batch[0]) < 0:
+            raise InputError("batch indices must be >= 0")
+    if box is not None:
+        n_mol = int(batch.max()) + 1 if n else 0
+        box = box_per_molecule(box, n_mol, pos)
+    return batch, box
+
+
+def box_per_molecule(box: Tensor, n_mol: int, pos: Tensor) -> Tensor:
+    """Validate a [3, 3] or [n_molecules, 3, 3] cell (rows a, b, c) -> [n_molecules, 3, 3]."""
+    if box.device != pos.device:
+        raise InputError(f"box is on {box.device} but pos on {pos.device}")
+    if box.dtype != pos.dtype:
+        raise InputError(f"box dtype {box.dtype} differs from pos dtype {pos.dtype}")
+    if box.shape == (3, 3):
+        box = box.unsqueeze(0).expand(max(n_mol, 1), 3, 3)
+    elif box.dim() != 3 or box.shape[1:] != (3, 3) or box.shape[0] != n_mol:
+        raise InputError(f"box must be [3, 3] or [{n_mol}, 3, 3], got {tuple(box.shape)}")
+    if not bool(torch.isfinite(box).all()):
+        raise InputError("box contains NaN or inf")
+    det = torch.linalg.det(box.detach().double())
+    scale = box.detach().double().norm(dim=(1, 2)) ** 3
+    if bool((det.abs() <= 1e-9 * scale).any()) or bool((scale == 0).any()):
+        raise InputError("box is singular (its rows a, b, c must span 3D space)")
+    return box
+
+
+def _image_range(box: Tensor, cutoff: float) -> Tensor:
+    """Images needed per axis for wrapped coordinates: ceil(cutoff / plane spacing) + 1.  [3]"""
+    b = box.detach().double()
+    volume = torch.linalg.det(b).abs()
+    cross = torch.stack(
+        (torch.linalg.cross(b[1], b[2]), torch.linalg.cross(b[2], b[0]), torch.linalg.cross(b[0], b[1]))
+    )
+    spacing = volume / cross.norm(dim=1)
+    return torch.ceil(cutoff / spacing).long() + 1
+
+
+def _molecule_pairs(
+    pos: Tensor,
+    box: Tensor | None,
+    cutoff: float,
+    cutoff_lower: float,
+    loop: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All (i, j, shift) within one molecule (local indices), self-loop handling included."""
+    n = pos.shape[0]
+    p = pos.detach()
+    if box is None:
+        shifts = torch.zeros(1, 3, dtype=p.dtype, device=p.device)
+        wrap = torch.zeros_like(p)
+    else:
+        inv = torch.linalg.inv(box.detach())
+        wrap = torch.floor(p @ inv)  # integer cell of each atom
+        p = p - wrap @ box.detach()
+        reach = _image_range(box, cutoff).tolist()
+        axes = [torch.arange(-r, r + 1, device=p.device, dtype=p.dtype) for r in reach]
+        shifts = torch.cartesian_prod(*axes)  # [S, 3]
+    shift_vecs = shifts @ box.detach() if box is not None else shifts  # [S, 3]
+    zero_shift = int((shifts.abs().sum(1) == 0).nonzero()[0])
+    chunk = max(1, _MAX_CANDIDATES // max(1, n * shifts.shape[0]))
+    cut2, low2 = cutoff * cutoff, cutoff_lower * cutoff_lower
+    found_i, found_j, found_s = [], [], []
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(n, start + chunk), device=p.device)
+        diff = p[rows, None, None, :] - p[None, :, None, :] + shift_vecs[None, None]  # [c, N, S, 3]
+        d2 = (diff * diff).sum(-1)
+        keep = (d2 < cut2) & (d2 >= low2)
+        is_self = (rows[:, None] == torch.arange(n, device=p.device)[None, :])[..., None] & (
+            torch.arange(shifts.shape[0], device=p.device) == zero_shift
+        )
+        keep &= ~is_self
+        ci, cj, cs = keep.nonzero(as_tuple=True)
+        found_i.append(rows[ci])
+        found_j.append(cj)
+        found_s.append(cs)
+    if loop:
+        idx = torch.arange(n, device=p.device)
+        found_i.append(idx)
+        found_j.append(idx)
+        found_s.append(torch.full_like(idx, zero_shift))
+    i, j, s = torch.cat(found_i), torch.cat(found_j), torch.cat(found_s)
+    # Shift that applies to the original (unwrapped) positions.
+    total_shift = shifts[s] - wrap[i] + wrap[j] if box is not None else shifts[s]
+    return i, j, total_shift
+
+
+def radius_graph_full(
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor | None = None,
+    box: Tensor | None = None,
+    loop: bool = False,
+    cutoff_lower: float = 0.0,
+) -> NeighborList:
+    """Reference radius graph returning the full :class:`NeighborList` (CSR pointer, shifts)."""
+    batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
+    n = pos.shape[0]
+    ii, jj, ss = [], [], []
+    if n:
+        counts = torch.bincount(batch)
+        starts = torch.cumsum(counts, 0) - counts
+        for mol in torch.nonzero(counts).flatten().tolist():
+            lo, cnt = int(starts[mol]), int(counts[mol])
+            mol_box = boxes[mol] if boxes is not None else None
+            i, j, s = _molecule_pairs(pos[lo : lo + cnt], mol_box, cutoff, cutoff_lower, loop)
+            ii.append(i + lo)
+            jj.append(j + lo)
+            ss.append(s)
+    if ii:
+        i, j, shifts = torch.cat(ii), torch.cat(jj), torch.cat(ss)
+    else:
+        i = j = torch.zeros(0, dtype=torch.long, device=pos.device)
+        shifts = torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
+    order = _lexsort(i, j, shifts)
+    i, j, shifts = i[order], j[order], shifts[order]
+    edge_vec = pos[i] - pos[j]
+    if boxes is not None:
+        edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
+    edge_dist = safe_norm(edge_vec, i == j)
+    row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
+    row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+    return NeighborList(torch.stack((i, j)), edge_vec, edge_dist, shifts, row_ptr)
+
+
+def _lexsort(i: Tensor, j: Tensor, shifts: Tensor) -> Tensor:
+    keys = [shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i]  # last key is the primary one
+    order = torch.arange(i.shape[0], device=i.device)
+    for key in keys:
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def safe_norm(vec: Tensor, is_self: Tensor) -> Tensor:
+    """|vec| with an exact 0 (and a zero gradient) on self-loops, whose vector is 0."""
+    safe = torch.where(is_self[:, None], torch.ones_like(vec), vec)
+    return torch.where(is_self, torch.zeros_like(vec[:, 0]), safe.norm(dim=-1))
+
+
+def radius_graph(
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor | None = None,
+    box: Tensor | None = None,
+    loop: bool = False,
+    cutoff_lower: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Neighbour pairs within ``cutoff``: ``(edge_index [2, E], edge_vec [E, 3], edge_dist [E])``.
+
+    ``box`` is [3, 3] (rows a, b, c) or one cell per molecule [n_molecules, 3, 3]; any triclinic
+    cell and any cutoff (several images of a pair are separate edges). ``batch`` must be sorted.
+    """
+    nl = radius_graph_full(pos, cutoff, batch, box, loop, cutoff_lower)
+    return nl.edge_index, nl.edge_vec, nl.edge_dist
