@@ -1,0 +1,38 @@
+"""Build script. The C++/CUDA extension (csrc/) is built only when its sources exist and torch is
+importable; the CUDA part only when torch has CUDA. Without it, tensornet_fast falls back to its
+plain-PyTorch paths, so ``import tensornet_fast`` always works."""
+
+import glob
+import os
+
+from setuptools import setup
+
+
+def extensions():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if not sources or os.environ.get("TENSORNET_FAST_NO_EXT") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        return [], {}
+    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+    use_cuda = bool(cuda_sources) and torch.version.cuda is not None and cpp_extension.CUDA_HOME
+    if use_cuda:
+        ext = cpp_extension.CUDAExtension(
+            "tensornet_fast._C",
+            sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + ["-DTNF_WITH_CUDA"], "nvcc": ["-O3"]},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "tensornet_fast._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"]
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}
+
+
+ext_modules, cmdclass = extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
