@@ -1,0 +1,32 @@
+"""The one table of numerical tolerances (SPEC.md "fp32 parity tolerance vs the oracle").
+
+energy: relative to max |E| of the reference; forces: relative to max |F| of the reference.
+Exact modes must meet these against torchmd-net / the float64 reference. Fast modes (tabulated
+filters, TF32, bf16) are held to FAST_MODE_FACTOR x the measured error of the exact fp32 path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TOLERANCES = {
+    torch.float32: {"energy": 2e-6, "forces": 1e-5, "positions": 1e-6},
+    torch.float64: {"energy": 1e-10, "forces": 1e-10, "positions": 1e-12},
+}
+FAST_MODE_FACTOR = 2.0
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (compared in float64)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().clamp_min(1e-30)
+    return float((actual - expected).abs().max() / scale)
+
+
+def assert_close(actual, expected, dtype: torch.dtype, kind: str, what: str = "") -> float:
+    """Assert parity within the table's tolerance; returns the measured relative error."""
+    err = relative_error(actual, expected)
+    tol = TOLERANCES[dtype][kind]
+    assert err <= tol, f"{what} {kind} relative error {err:.3e} > {tol:.0e} ({dtype})"
+    return err
