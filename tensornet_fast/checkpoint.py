@@ -150,7 +150,7 @@ def config_from_hparams(hparams: Mapping[str, Any], overrides: Mapping[str, Any]
     priors = list(_parse_priors(hp))
     # torchmd-net's remove_ref_energy: the Atomref prior was trained disabled; loading with
     # remove_ref_energy=False switches it on to predict total energies.
-    if hp.get("remove_ref_energy") and overrides.get("remove_ref_energy") is False:
+    if hparams.get("remove_ref_energy") and overrides.get("remove_ref_energy") is False:
         if not priors or priors[-1].name != "Atomref":
             raise CheckpointError("remove_ref_energy=False needs an Atomref prior as the last prior")
         priors[-1] = PriorSpec("Atomref", {**priors[-1].args, "enable": True})
@@ -209,10 +209,16 @@ def resolve_layout(hparams: Mapping[str, Any], layout: str) -> str:
     return "blocked"
 
 
+_PRIOR_BOX = re.compile(r"^prior_model\.\d+\.distances?\.box$")
+
+
 def normalise_state_dict(
     state: Mapping[str, torch.Tensor], config: ModelConfig, layout: str
 ) -> dict[str, torch.Tensor]:
     state = _rename_legacy_keys(dict(state))
+    # ZBL/D2 keep a neighbour-search module whose box buffer is an unused zero placeholder
+    # (their periodicity comes from the box passed at call time); older files lack it.
+    state = {k: v for k, v in state.items() if not _PRIOR_BOX.match(k)}
     if layout == "interleaved":
         for prefix in _interleaved_keys(config.num_layers):
             wkey, bkey = prefix + ".weight", prefix + ".bias"

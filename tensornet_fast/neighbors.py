@@ -182,7 +182,7 @@ def radius_graph_full(
         shifts = torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
     order = _lexsort(i, j, shifts)
     i, j, shifts = i[order], j[order], shifts[order]
-    edge_vec = pos[i] - pos[j]
+    edge_vec = pos.index_select(0, i) - pos.index_select(0, j)
     if boxes is not None:
         edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
     edge_dist = safe_norm(edge_vec, i == j)

@@ -50,7 +50,7 @@ def embedding(
     n, f = z.shape[0], config.embedding_dimension
     i, j = edge_index
     atom_emb = emb.emb.weight[z]  # [N, F]
-    z_pair = _linear(emb.emb2, torch.cat((atom_emb[i], atom_emb[j]), dim=-1))  # [E, F]
+    z_pair = _linear(emb.emb2, torch.cat((atom_emb.index_select(0, i), atom_emb.index_select(0, j)), -1))
     c = phi[:, None] * z_pair
     f_i = _linear(emb.distance_proj1, rbf) * c  # [E, F]
     f_a = _linear(emb.distance_proj2, rbf) * c
@@ -108,9 +108,9 @@ def interaction(
     y_i, y_a, y_s = channel_linear(y_i, w[0]), channel_linear(y_a, w[1]), channel_linear(y_s, w[2])
     y = compose(y_i, y_a, y_s)
     n = x.shape[0]
-    m_i = torch.zeros_like(y_i).index_add(0, i, f_i * y_i[j])
-    m_a = torch.zeros_like(y_a).index_add(0, i, f_a[:, None, None, :] * y_a[j])
-    m_s = torch.zeros_like(y_s).index_add(0, i, f_s[:, None, None, :] * y_s[j])
+    m_i = torch.zeros_like(y_i).index_add(0, i, f_i * y_i.index_select(0, j))
+    m_a = torch.zeros_like(y_a).index_add(0, i, f_a[:, None, None, :] * y_a.index_select(0, j))
+    m_s = torch.zeros_like(y_s).index_add(0, i, f_s[:, None, None, :] * y_s.index_select(0, j))
     m = compose(m_i, m_a, m_s)
     assert m.shape[0] == n
     q4 = charge_factor[:, None, None, None]

@@ -1,0 +1,34 @@
+"""Shared fixtures. The parity report collects measured errors and prints the worst per dtype."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+_PARITY: list[tuple[str, int, float, float]] = []
+
+
+@pytest.fixture
+def parity_report():
+    def record(what: str, precision: int, energy_err: float, force_err: float) -> None:
+        _PARITY.append((what, precision, energy_err, force_err))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _PARITY:
+        return
+    terminalreporter.section("parity vs torchmd-net 3.1 (relative errors)")
+    for precision in sorted({p for _, p, _, _ in _PARITY}):
+        rows = [r for r in _PARITY if r[1] == precision]
+        worst_e = max(rows, key=lambda r: r[2])
+        worst_f = max(rows, key=lambda r: r[3])
+        terminalreporter.write_line(
+            f"float{precision}: {len(rows)} comparisons; worst energy {worst_e[2]:.2e} "
+            f"({worst_e[0]}), worst forces {worst_f[3]:.2e} ({worst_f[0]})"
+        )
