@@ -1,0 +1,55 @@
+"""The console script: --help texts and the quick-start job on the bundled input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import torch
+from ase.io import read
+
+import tensornet_fast as tnf
+from tensornet_fast.cli import DEFAULT_MOLECULES, main
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "tensornet_fast.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "energies" in out and "info" in out
+    out = subprocess.run([sys.executable, "-m", "tensornet_fast.cli", "energies", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--model" in out and "--out" in out
+
+
+def test_energies_on_bundled_molecules_match_load_model(tmp_path):
+    out = tmp_path / "e.csv"
+    assert main(["energies", "--out", str(out), "--precision", "64"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    frames = read(DEFAULT_MOLECULES, index=":")
+    assert len(rows) == len(frames) >= 10
+    model = tnf.load_model("default", precision=64)
+    for row, atoms in zip(rows, frames):
+        assert row["status"] == "ok"
+        e, f = model(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions))
+        assert abs(float(row["energy"]) - e.item()) <= 1e-9 * max(1.0, abs(e.item()))
+        assert abs(float(row["fmax"]) - f.norm(dim=1).max().item()) <= 1e-5
+
+
+def test_bad_structure_is_reported_and_the_rest_continues(tmp_path, capsys):
+    frames = read(DEFAULT_MOLECULES, index=":3")
+    frames[1].positions[1] = frames[1].positions[0]  # coincident atoms
+    path = tmp_path / "mixed.xyz"
+    from ase.io import write
+
+    write(path, frames, format="extxyz")
+    assert main(["energies", str(path)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["status"] for r in rows][0::2] == ["ok", "ok"]
+    assert rows[1]["status"].startswith("error:") and "coincide" in rows[1]["status"]
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    assert "parameters" in capsys.readouterr().out
