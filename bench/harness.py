@@ -22,18 +22,41 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_CSV = os.path.join(HERE, "results", "results.csv")
 
 COLUMNS = [
-    "date", "git_sha", "device", "torch", "triton", "threads",
-    "benchmark", "implementation", "backend", "mode", "dtype",
-    "system", "atoms", "edges", "batch",
-    "warmup_s", "median_s", "p20_s", "p80_s", "repeats",
-    "ns_per_atom", "peak_mem_mb", "gbps", "gflops", "notes",
+    "date",
+    "git_sha",
+    "device",
+    "torch",
+    "triton",
+    "threads",
+    "benchmark",
+    "implementation",
+    "backend",
+    "mode",
+    "dtype",
+    "system",
+    "atoms",
+    "edges",
+    "batch",
+    "warmup_s",
+    "median_s",
+    "p20_s",
+    "p80_s",
+    "repeats",
+    "ns_per_atom",
+    "peak_mem_mb",
+    "gbps",
+    "gflops",
+    "notes",
 ]
 
 
 def git_sha() -> str:
     try:
         return subprocess.check_output(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, stderr=subprocess.DEVNULL, text=True
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=HERE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         ).strip()
     except Exception:
         return "unknown"

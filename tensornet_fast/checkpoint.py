@@ -119,7 +119,9 @@ def _parse_priors(hparams: Mapping[str, Any]) -> tuple[PriorSpec, ...]:
             args.append({})
     prior_args = hparams.get("prior_args")
     if prior_args is not None:
-        args = [dict(a or {}) for a in (prior_args if isinstance(prior_args, list) else [prior_args])]
+        args = [
+            dict(a or {}) for a in (prior_args if isinstance(prior_args, list) else [prior_args])
+        ]
     specs = []
     for name, arg in zip(names, args):
         if name not in SUPPORTED_PRIORS:
@@ -145,14 +147,17 @@ def config_from_hparams(hparams: Mapping[str, Any], overrides: Mapping[str, Any]
         )
     if hp["output_model"] != "Scalar":
         raise CheckpointError(
-            f"unsupported output model {hp['output_model']!r}: only 'Scalar' (energies) is supported"
+            f"unsupported output model {hp['output_model']!r}: only 'Scalar' (energies) "
+            "is supported"
         )
     priors = list(_parse_priors(hp))
     # torchmd-net's remove_ref_energy: the Atomref prior was trained disabled; loading with
     # remove_ref_energy=False switches it on to predict total energies.
     if hparams.get("remove_ref_energy") and overrides.get("remove_ref_energy") is False:
         if not priors or priors[-1].name != "Atomref":
-            raise CheckpointError("remove_ref_energy=False needs an Atomref prior as the last prior")
+            raise CheckpointError(
+                "remove_ref_energy=False needs an Atomref prior as the last prior"
+            )
         priors[-1] = PriorSpec("Atomref", {**priors[-1].args, "enable": True})
     box = hp.get("box_vecs")
     config = ModelConfig(
@@ -252,9 +257,7 @@ def infer_hparams_from_state(state: Mapping[str, torch.Tensor]) -> dict[str, Any
         emb = state["representation_model.tensor_embedding.emb.weight"]
         proj = state["representation_model.tensor_embedding.distance_proj1.weight"]
     except KeyError as exc:
-        raise CheckpointError(
-            f"not a TensorNet state dict: missing {exc.args[0]!r}"
-        ) from exc
+        raise CheckpointError(f"not a TensorNet state dict: missing {exc.args[0]!r}") from exc
     layer_ids = {
         int(m.group(1))
         for k in state

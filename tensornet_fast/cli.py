@@ -26,8 +26,13 @@ def _add_energies_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="checkpoint path or 'default' (bundled)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", help="compute backend (auto, reference)")
-    p.add_argument("--precision", type=int, choices=(32, 64), default=None,
-                   help="run in float32/float64 (default: the checkpoint's)")
+    p.add_argument(
+        "--precision",
+        type=int,
+        choices=(32, 64),
+        default=None,
+        help="run in float32/float64 (default: the checkpoint's)",
+    )
     p.add_argument("--out", default="-", help="CSV output file ('-' = stdout)")
     p.add_argument("--forces", action="store_true", help="also write per-atom forces")
 
@@ -104,8 +109,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _add_energies_args,
         _run_energies,
     ),
-    "info": ("print a checkpoint's hyper-parameters and the available backends", _add_info_args,
-             _run_info),
+    "info": (
+        "print a checkpoint's hyper-parameters and the available backends",
+        _add_info_args,
+        _run_info,
+    ),
 }
 
 

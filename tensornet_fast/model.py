@@ -1,5 +1,6 @@
 """The user-facing model: ``load_model(...)`` returns a :class:`TensorNetModel` that is called
-like torchmd-net's ``TorchMD_Net``: ``energy, forces = model(z, pos, batch=None, box=None, q=None)``.
+like torchmd-net's ``TorchMD_Net``:
+``energy, forces = model(z, pos, batch=None, box=None, q=None)``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class TensorNetModel(nn.Module):
         c = self.config
         return (
             f"F={c.embedding_dimension}, layers={c.num_layers}, rbf={c.rbf_type}x{c.num_rbf}, "
-            f"cutoff=({c.cutoff_lower}, {c.cutoff_upper}), group={c.equivariance_invariance_group}, "
+            f"cutoff=({c.cutoff_lower}, {c.cutoff_upper}), "
+            f"group={c.equivariance_invariance_group}, "
             f"backend={self.backend!r}"
         )
 
@@ -115,7 +117,9 @@ class TensorNetModel(nn.Module):
         if q.numel() == 1 and n_mol > 1:
             q = q.expand(n_mol)
         if q.shape[0] != n_mol:
-            raise InputError(f"q must hold one total charge per molecule ({n_mol}), got {q.shape[0]}")
+            raise InputError(
+                f"q must hold one total charge per molecule ({n_mol}), got {q.shape[0]}"
+            )
         return 1.0 + 0.1 * q[batch]
 
     def _default_box(self) -> Tensor | None:
@@ -126,7 +130,9 @@ class TensorNetModel(nn.Module):
     # ------------------------------------------------------------------ compute
     def neighbor_list(self, pos: Tensor, batch: Tensor, box: Tensor | None) -> NeighborList:
         c = self.config
-        nl = radius_graph_full(pos, c.cutoff_upper, batch, box, loop=True, cutoff_lower=c.cutoff_lower)
+        nl = radius_graph_full(
+            pos, c.cutoff_upper, batch, box, loop=True, cutoff_lower=c.cutoff_lower
+        )
         i, j = nl.edge_index
         coincident = (nl.edge_dist == 0) & (i != j)
         if bool(coincident.any()):
@@ -135,7 +141,12 @@ class TensorNetModel(nn.Module):
         return nl
 
     def energy(
-        self, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, charge_factor: Tensor,
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor,
+        box: Tensor | None,
+        charge_factor: Tensor,
         n_mol: int,
     ) -> Tensor:
         """Per-molecule energy [n_mol, 1] for validated, batch-sorted inputs."""
@@ -244,8 +255,16 @@ def build_model(
     if missing or unexpected:
         raise CheckpointError(
             "checkpoint does not match a TensorNet with these hyper-parameters: "
-            + (f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''} " if missing else "")
-            + (f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "")
+            + (
+                f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                if missing
+                else ""
+            )
+            + (
+                f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+                if unexpected
+                else ""
+            )
         )
     bad = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -253,7 +272,10 @@ def build_model(
         if tuple(state[k].shape) != tuple(v.shape)
     ]
     if bad:
-        raise CheckpointError("weight shapes do not match the hyper-parameters: " + "; ".join(bad[:5]))
+        raise CheckpointError(
+            "weight shapes do not match the hyper-parameters: " + "; ".join(bad[:5])
+        )
+
     def finite(key: str, value: Tensor) -> bool:
         if key.endswith((".C_6", ".R_r")):  # D2 tables: row 0 (no element) is NaN by design
             value = value[1:]

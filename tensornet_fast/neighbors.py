@@ -98,7 +98,11 @@ def _image_range(box: Tensor, cutoff: float) -> Tensor:
     b = box.detach().double()
     volume = torch.linalg.det(b).abs()
     cross = torch.stack(
-        (torch.linalg.cross(b[1], b[2]), torch.linalg.cross(b[2], b[0]), torch.linalg.cross(b[0], b[1]))
+        (
+            torch.linalg.cross(b[1], b[2]),
+            torch.linalg.cross(b[2], b[0]),
+            torch.linalg.cross(b[0], b[1]),
+        )
     )
     spacing = volume / cross.norm(dim=1)
     return torch.ceil(cutoff / spacing).long() + 1

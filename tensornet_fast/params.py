@@ -16,7 +16,7 @@ def _linear(fan_in: int, fan_out: int, dtype: torch.dtype, bias: bool = True) ->
 
 
 class RadialBasis(nn.Module):
-    """expnorm: buffers ``means``/``betas``; gauss: ``offset``/``coeff`` (parameters when trainable)."""
+    """expnorm: ``means``/``betas``; gauss: ``offset``/``coeff`` (parameters when trainable)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -41,7 +41,9 @@ class TensorEmbeddingParams(nn.Module):
         self.emb = nn.Embedding(config.max_z, f, dtype=dtype)
         self.emb2 = _linear(2 * f, f, dtype)
         self.linears_tensor = nn.ModuleList(_linear(f, f, dtype, bias=False) for _ in range(3))
-        self.linears_scalar = nn.ModuleList([_linear(f, 2 * f, dtype), _linear(2 * f, 3 * f, dtype)])
+        self.linears_scalar = nn.ModuleList(
+            [_linear(f, 2 * f, dtype), _linear(2 * f, 3 * f, dtype)]
+        )
         self.init_norm = nn.LayerNorm(f, dtype=dtype)
 
 
@@ -74,7 +76,7 @@ class RepresentationParams(nn.Module):
 
 
 class ScalarHeadParams(nn.Module):
-    """``output_network.layers.{0,2,...}``: Linear F->F/2, act, [Linear F/2->F/2, act]*h, Linear ->1."""
+    """``output_network.layers.{0,2,...}``: Linear F->F/2, act, [Linear, act]*h, Linear F/2->1."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -62,4 +62,3 @@ def d2_energy(prior: D2Params, z: Tensor, pos: Tensor, batch: Tensor, n_mol: int
     pair = c6 / r**6 * damping  # J/mol
     energy = -0.5 * _per_molecule(pair, batch[edge_index[0]], n_mol)
     return energy / (prior.energy_scale * AVOGADRO)
-

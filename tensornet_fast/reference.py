@@ -50,7 +50,9 @@ def embedding(
     n, f = z.shape[0], config.embedding_dimension
     i, j = edge_index
     atom_emb = emb.emb.weight[z]  # [N, F]
-    z_pair = _linear(emb.emb2, torch.cat((atom_emb.index_select(0, i), atom_emb.index_select(0, j)), -1))
+    z_pair = _linear(
+        emb.emb2, torch.cat((atom_emb.index_select(0, i), atom_emb.index_select(0, j)), -1)
+    )
     c = phi[:, None] * z_pair
     f_i = _linear(emb.distance_proj1, rbf) * c  # [E, F]
     f_a = _linear(emb.distance_proj2, rbf) * c
@@ -80,7 +82,9 @@ def embedding(
     )
 
 
-def radial_filter(layer: InteractionParams, config: ModelConfig, rbf: Tensor, phi: Tensor) -> Tensor:
+def radial_filter(
+    layer: InteractionParams, config: ModelConfig, rbf: Tensor, phi: Tensor
+) -> Tensor:
     """h(d) = sigma(W2 sigma(W1 sigma(W0 e + b0) + b1) + b2) * phi  [E, 3F], blocked I | A | S."""
     act = ACTIVATION_FUNCTIONS[config.activation]
     h = rbf
@@ -120,9 +124,7 @@ def interaction(
         b = 2 * matmul3(y, m)
     scale = (squared_norm(b) + 1)[:, None, None, :]
     b_i, b_a, b_s = decompose(b / scale)
-    dx = compose(
-        channel_linear(b_i, w[3]), channel_linear(b_a, w[4]), channel_linear(b_s, w[5])
-    )
+    dx = compose(channel_linear(b_i, w[3]), channel_linear(b_a, w[4]), channel_linear(b_s, w[5]))
     return x_bar + dx + q4 * matmul3(dx, dx)
 
 
@@ -159,7 +161,9 @@ def atomic_energies(
     """The model's per-atom output epsilon_i [N, 1] (before std, priors and reduction)."""
     is_self = edge_index[0] == edge_index[1]
     safe_dist = torch.where(is_self, torch.ones_like(edge_dist), edge_dist)
-    unit_vec = torch.where(is_self[:, None], torch.zeros_like(edge_vec), edge_vec / safe_dist[:, None])
+    unit_vec = torch.where(
+        is_self[:, None], torch.zeros_like(edge_vec), edge_vec / safe_dist[:, None]
+    )
     rbf = radial_basis(rep, config, edge_dist)
     phi = cosine_cutoff(edge_dist, config.cutoff_lower, config.cutoff_upper)
     x = embedding(rep.tensor_embedding, config, z, edge_index, unit_vec, phi, rbf)

@@ -17,7 +17,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def molecule_batch(names=("CH3OH", "C6H6", "H2O", "CH3Cl"), jitter=0.05, seed=0, dtype=torch.float64):
+def molecule_batch(
+    names=("CH3OH", "C6H6", "H2O", "CH3Cl"), jitter=0.05, seed=0, dtype=torch.float64
+):
     """(z, pos, batch) of g2 molecules, slightly displaced off equilibrium."""
     rng = np.random.default_rng(seed)
     zs, ps, bs = [], [], []

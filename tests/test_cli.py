@@ -15,11 +15,19 @@ from tensornet_fast.cli import DEFAULT_MOLECULES, main
 
 
 def test_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "tensornet_fast.cli", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tensornet_fast.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "energies" in out and "info" in out
-    out = subprocess.run([sys.executable, "-m", "tensornet_fast.cli", "energies", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tensornet_fast.cli", "energies", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--model" in out and "--out" in out
 
 

@@ -14,8 +14,14 @@ from tensornet_fast import CheckpointError, InputError
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("inputs") / "m.ckpt", seed=21, precision=64,
-                           num_layers=1, embedding_dimension=16, max_z=20)
+    return make_checkpoint(
+        tmp_path_factory.mktemp("inputs") / "m.ckpt",
+        seed=21,
+        precision=64,
+        num_layers=1,
+        embedding_dimension=16,
+        max_z=20,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +95,12 @@ def test_wrong_shapes_and_dtypes(model, mutate, message):
 def test_bad_boxes(model):
     z, pos, batch = molecule_batch()
     with pytest.raises(InputError, match="singular"):
-        model(z, pos, batch, box=torch.tensor([[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]],
-                                              dtype=torch.float64))
+        model(
+            z,
+            pos,
+            batch,
+            box=torch.tensor([[10.0, 0, 0], [20.0, 0, 0], [0, 0, 10.0]], dtype=torch.float64),
+        )
     with pytest.raises(InputError, match="box must be"):
         model(z, pos, batch, box=torch.eye(3, dtype=torch.float64).repeat(2, 1, 1))
     with pytest.raises(InputError, match="NaN or inf"):

@@ -16,10 +16,16 @@ import tensornet_fast as tnf
 
 EV = 1.602176634e-19
 PRIOR_SCALES = dict(distance_scale=1e-10, energy_scale=EV)
-ZBL = {"ZBL": dict(cutoff_distance=3.0, max_num_neighbors=64, atomic_number=list(range(20)),
-                   **PRIOR_SCALES)}
-D2 = {"D2": dict(cutoff_distance=8.0, max_num_neighbors=128, atomic_number=list(range(20)),
-                 **PRIOR_SCALES)}
+ZBL = {
+    "ZBL": dict(
+        cutoff_distance=3.0, max_num_neighbors=64, atomic_number=list(range(20)), **PRIOR_SCALES
+    )
+}
+D2 = {
+    "D2": dict(
+        cutoff_distance=8.0, max_num_neighbors=128, atomic_number=list(range(20)), **PRIOR_SCALES
+    )
+}
 
 # name -> hyper-parameter overrides of tests/oracle.BASE_HPARAMS (F=32, K=16, 2 layers, r_c=5)
 CASES = {
@@ -29,8 +35,12 @@ CASES = {
     "o3_1layer": {"num_layers": 1},
     "so3_3layers": {"num_layers": 3, "equivariance_invariance_group": "SO(3)"},
     "lower_cutoff": {"cutoff_lower": 0.9, "cutoff_upper": 4.5},
-    "atomref_standardize": {"prior_model": {"Atomref": {"max_z": 20}}, "standardize": True,
-                            "_mean": -3.25, "_std": 1.7},
+    "atomref_standardize": {
+        "prior_model": {"Atomref": {"max_z": 20}},
+        "standardize": True,
+        "_mean": -3.25,
+        "_std": 1.7,
+    },
     "charge": {"charge": True},
     "gauss_rbf": {"rbf_type": "gauss", "num_rbf": 12},
     "trainable_rbf_tanh": {"trainable_rbf": True, "activation": "tanh"},
@@ -49,8 +59,12 @@ def checkpoints(tmp_path_factory):
         mean, std = hp.pop("_mean", None), hp.pop("_std", None)
         for precision in DTYPES:
             paths[name, precision] = make_checkpoint(
-                root / f"{name}_{precision}.ckpt", seed=100 + k, mean=mean, std=std,
-                precision=precision, **hp,
+                root / f"{name}_{precision}.ckpt",
+                seed=100 + k,
+                mean=mean,
+                std=std,
+                precision=precision,
+                **hp,
             )
     return paths
 
@@ -123,8 +137,10 @@ def test_old_interleaved_checkpoint(tmp_path, checkpoints, precision):
     numbers as torchmd-net, which remaps it the same way; layout= overrides the guess."""
     dtype = DTYPES[precision]
     new = torch.load(checkpoints["so3_2layers", precision], weights_only=False)
-    old = {"hyper_parameters": {**new["hyper_parameters"], "check_errors": True},
-           "state_dict": dict(new["state_dict"])}
+    old = {
+        "hyper_parameters": {**new["hyper_parameters"], "check_errors": True},
+        "state_dict": dict(new["state_dict"]),
+    }
     f = new["hyper_parameters"]["embedding_dimension"]
     keys = ["model.representation_model.tensor_embedding.linears_scalar.1"] + [
         f"model.representation_model.layers.{i}.linears_scalar.2" for i in range(2)
@@ -166,9 +182,13 @@ def test_legacy_output_network_keys(tmp_path, checkpoints):
 
 
 def test_remove_ref_energy_switches_atomref_on(tmp_path):
-    path = make_checkpoint(tmp_path / "delta.ckpt", seed=9, precision=64,
-                           prior_model={"Atomref": {"max_z": 20, "enable": False}},
-                           remove_ref_energy=True)
+    path = make_checkpoint(
+        tmp_path / "delta.ckpt",
+        seed=9,
+        precision=64,
+        prior_model={"Atomref": {"max_z": 20, "enable": False}},
+        remove_ref_energy=True,
+    )
     z, pos, batch = molecule_batch()
     for kwargs in ({}, {"remove_ref_energy": False}):
         oracle = load_oracle(path, **kwargs)
@@ -188,8 +208,9 @@ def test_float32_checkpoint_in_float64(checkpoints):
     z, pos, batch = molecule_batch(dtype=torch.float64)
     ours = tnf.load_model(checkpoints["o3_2layers", 32], precision=64)
     assert ours.dtype == torch.float64
-    y_ref, f_ref = oracle_energy_forces(load_oracle(checkpoints["o3_2layers", 32]), z,
-                                        pos.float(), batch)
+    y_ref, f_ref = oracle_energy_forces(
+        load_oracle(checkpoints["o3_2layers", 32]), z, pos.float(), batch
+    )
     y, f = ours(z, pos, batch)
     assert_close(y, y_ref, torch.float32, "energy")
     assert_close(f, f_ref, torch.float32, "forces")

@@ -21,8 +21,13 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("physics")
     out = {}
     for group in ("O(3)", "SO(3)"):
-        path = make_checkpoint(root / f"{group}.ckpt", seed=11, precision=64,
-                               equivariance_invariance_group=group, cutoff_upper=4.0)
+        path = make_checkpoint(
+            root / f"{group}.ckpt",
+            seed=11,
+            precision=64,
+            equivariance_invariance_group=group,
+            cutoff_upper=4.0,
+        )
         out[group] = tnf.load_model(path)
     return out
 
@@ -114,9 +119,17 @@ def test_batched_equals_separate(models):
 
 @pytest.mark.parametrize("group", ["O(3)", "SO(3)"])
 def test_gradcheck_energy_wrt_positions(tmp_path, group):
-    path = make_checkpoint(tmp_path / "g.ckpt", seed=12, precision=64, num_layers=2,
-                           embedding_dimension=8, num_rbf=6, cutoff_lower=0.5,
-                           equivariance_invariance_group=group, charge=True)
+    path = make_checkpoint(
+        tmp_path / "g.ckpt",
+        seed=12,
+        precision=64,
+        num_layers=2,
+        embedding_dimension=8,
+        num_rbf=6,
+        cutoff_lower=0.5,
+        equivariance_invariance_group=group,
+        charge=True,
+    )
     model = tnf.load_model(path, derivative=False)
     z, pos, batch = molecule_batch(("CH3OH", "H2O"), jitter=0.1)
     q = torch.tensor([1.0, -1.0], dtype=F64)
@@ -124,8 +137,9 @@ def test_gradcheck_energy_wrt_positions(tmp_path, group):
     def energy(p):
         return model(z, p, batch, q=q)[0]
 
-    assert torch.autograd.gradcheck(energy, (pos.clone().requires_grad_(True),), eps=1e-6,
-                                    atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(
+        energy, (pos.clone().requires_grad_(True),), eps=1e-6, atol=1e-7, rtol=1e-6
+    )
 
 
 def test_forces_match_central_differences(models):
@@ -194,8 +208,9 @@ def test_energy_conservation_nve(models):
     kinetic energy it exchanges (a wrong force would drift by ~|F| * displacement)."""
     model = models["O(3)"]
     z, pos, batch = molecule_batch(("CH3OH",), jitter=0.05, seed=7)
-    masses = torch.tensor([12.011 if a == 6 else 15.999 if a == 8 else 1.008 for a in z.tolist()],
-                          dtype=F64)[:, None]
+    masses = torch.tensor(
+        [12.011 if a == 6 else 15.999 if a == 8 else 1.008 for a in z.tolist()], dtype=F64
+    )[:, None]
     # units: eV, A, amu -> time unit sqrt(amu A^2 / eV) = 10.1805 fs
     dt = 0.25 / 10.1805
     vel = torch.randn(pos.shape, dtype=F64, generator=torch.Generator().manual_seed(3))

@@ -22,7 +22,9 @@ def cosine_cutoff(d: Tensor, cutoff_lower: float, cutoff_upper: float) -> Tensor
 def expnorm_rbf(
     d: Tensor, means: Tensor, betas: Tensor, cutoff_lower: float, cutoff_upper: float
 ) -> Tensor:
-    """e_k(d) = phi_0(d) exp(-beta_k (exp(alpha (r_l - d)) - mu_k)^2), alpha = 5/(r_c - r_l).  [E, K]"""
+    """e_k(d) = phi_0(d) exp(-beta_k (exp(alpha (r_l - d)) - mu_k)^2), alpha = 5/(r_c - r_l).
+
+    Returns [E, K]."""
     alpha = 5.0 / (cutoff_upper - cutoff_lower)
     d = d.unsqueeze(-1)
     envelope = cosine_cutoff(d, 0.0, cutoff_upper)
