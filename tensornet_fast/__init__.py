@@ -10,6 +10,16 @@ from .errors import CheckpointError, InputError
 from .model import NAMED_MODELS, TensorNetModel, load_model
 from .neighbors import NeighborList, radius_graph, radius_graph_full
 
+
+def __getattr__(name):
+    # ASE is imported only when the calculator is asked for.
+    if name == "TensorNetCalculator":
+        from .calculator import TensorNetCalculator
+
+        return TensorNetCalculator
+    raise AttributeError(f"module 'tensornet_fast' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -18,6 +28,7 @@ __all__ = [
     "ModelConfig",
     "NAMED_MODELS",
     "NeighborList",
+    "TensorNetCalculator",
     "TensorNetModel",
     "available_backends",
     "load_checkpoint",

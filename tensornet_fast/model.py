@@ -17,9 +17,9 @@ from .backends import resolve_backend, warn_once
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .errors import CheckpointError, InputError
-from .neighbors import NeighborList, radius_graph_full
+from .neighbors import NeighborList, box_per_molecule, radius_graph_full
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
-from .priors import atomref_energy, d2_energy, zbl_energy
+from .priors import atomref_energy, d2_atom_energy, zbl_atom_energy
 
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 NAMED_MODELS = {"default": os.path.join(_DATA_DIR, "default.ckpt")}
@@ -150,6 +150,20 @@ class TensorNetModel(nn.Module):
         n_mol: int,
     ) -> Tensor:
         """Per-molecule energy [n_mol, 1] for validated, batch-sorted inputs."""
+        per_atom = self.atom_energies(z, pos, batch, box, charge_factor, n_mol)
+        return self.molecule_energies(per_atom, batch, n_mol)
+
+    def atom_energies(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor,
+        box: Tensor | None,
+        charge_factor: Tensor,
+        n_mol: int,
+    ) -> Tensor:
+        """Per-atom energies [N] whose per-molecule sums are the energies (see
+        ``atom_contributions``)."""
         nl = self.neighbor_list(pos, batch, box)
         eps = reference.atomic_energies(
             self.representation_model,
@@ -161,31 +175,39 @@ class TensorNetModel(nn.Module):
             nl.edge_dist,
             charge_factor,
         )
-        return self.reduce_energy(eps, z, pos, batch, box, n_mol)
+        return self.atom_contributions(eps, z, pos, batch, box, n_mol)
 
-    def reduce_energy(
+    def atom_contributions(
         self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
     ) -> Tensor:
-        """epsilon_i * std (+ atomref) -> per molecule (+ mean) (+ ZBL, D2).  [n_mol, 1]"""
-        eps = eps * self.std
+        """epsilon_i * std (+ atomref), reduced as torchmd-net does, plus each atom's share of the
+        mean (split equally) and half of each ZBL/D2 pair it is in.  [N]"""
+        e = eps[:, 0] * self.std
         priors = list(zip(self.config.priors, self.prior_model or []))
         for spec, prior in priors:
             if spec.name == "Atomref":
-                eps = eps + atomref_energy(prior, z)
-        y = torch.zeros(n_mol, 1, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
+                e = e + atomref_energy(prior, z)[:, 0]
+        count = torch.bincount(batch, minlength=n_mol).to(e.dtype)
         if self.config.reduce_op == "mean":
             # torchmd-net reduces with scatter_reduce(..., "mean") on a zero tensor, whose
             # include_self=True counts the zero: the divisor is n_atoms + 1. Trained models
             # learned that divisor, so it is reproduced here.
-            count = torch.bincount(batch, minlength=n_mol).to(eps.dtype)
-            y = y / (count + 1)[:, None]
-        y = y + self.mean
+            e = e / (count + 1)[batch]
+        e = e + (self.mean / count.clamp_min(1))[batch]
         for spec, prior in priors:
             if spec.name == "ZBL":
-                y = y + zbl_energy(prior, z, pos, batch, box, n_mol)[:, None]
+                e = e + zbl_atom_energy(prior, z, pos, batch, box)
             elif spec.name == "D2":
-                y = y + d2_energy(prior, z, pos, batch, n_mol)[:, None]
-        return y
+                e = e + d2_atom_energy(prior, z, pos, batch)
+        return e
+
+    def molecule_energies(self, per_atom: Tensor, batch: Tensor, n_mol: int) -> Tensor:
+        """Sum per molecule [n_mol, 1]; a molecule index with no atoms gets the mean, as in
+        torchmd-net."""
+        y = torch.zeros(n_mol, dtype=per_atom.dtype, device=per_atom.device)
+        y = y.index_add(0, batch, per_atom)
+        empty = torch.bincount(batch, minlength=n_mol) == 0
+        return (y + self.mean * empty.to(y.dtype))[:, None]
 
     def forward(
         self,
@@ -203,10 +225,34 @@ class TensorNetModel(nn.Module):
         [n_molecules, 3, 3] cell rows (defaults to the checkpoint's ``box_vecs``), ``q`` total
         charge per molecule (used only by models trained with ``charge: true``).
         """
+        out = self.compute(z, pos, batch, box, q, forces=self.derivative)
+        return out["energy"], out["forces"] if self.derivative else pos.new_empty(0)
+
+    def compute(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        box: Tensor | None = None,
+        q: Tensor | None = None,
+        *,
+        forces: bool = True,
+        stress: bool = False,
+        atom_energies: bool = False,
+    ) -> dict[str, Tensor]:
+        """Energies and, on request, forces, stress and per-atom energies in one pass.
+
+        Returns a dict with ``energy`` [n_mol, 1] and, as requested, ``forces`` [N, 3] (-dE/dpos),
+        ``stress`` [n_mol, 3, 3] ((1/V) dE/d(strain) under a homogeneous deformation of the cell
+        and the positions; needs a periodic box) and ``atom_energies`` [N] (summing to the
+        energies). Arguments as in ``forward``.
+        """
         z, batch = self._check_inputs(z, pos, batch, q)
         n_mol = int(batch.max()) + 1
         if box is None:
             box = self._default_box()
+        if stress and box is None:
+            raise InputError("stress needs a periodic box (box=... or the checkpoint's box_vecs)")
         order = None
         if bool((batch[1:] < batch[:-1]).any()):
             order = torch.sort(batch, stable=True).indices
@@ -214,19 +260,45 @@ class TensorNetModel(nn.Module):
         else:
             pos_in = pos
         charge_factor = self._charge_factor(q, batch, n_mol)
-        if not self.derivative:
-            return self.energy(z, pos_in, batch, box, charge_factor, n_mol), pos.new_empty(0)
-        with torch.enable_grad():
-            leaf = pos_in.detach().requires_grad_(True)
-            y = self.energy(z, leaf, batch, box, charge_factor, n_mol)
-            create_graph = self.training or pos.requires_grad
-            (dy,) = torch.autograd.grad(y.sum(), leaf, create_graph=create_graph)
-        forces = -dy
+        needs_grad = forces or stress
+        # Keep the autograd graph to the caller's positions when they ask for it (pos requires
+        # grad, e.g. training on forces or a Hessian); otherwise return plain tensors.
+        keep_graph = self.training or (pos.requires_grad and torch.is_grad_enabled())
+        with torch.set_grad_enabled(needs_grad or keep_graph):
+            leaf = (
+                pos_in
+                if keep_graph and pos_in.requires_grad
+                else pos_in.detach().requires_grad_(forces)
+            )
+            positions, cell = leaf, box
+            if stress:
+                cell = box_per_molecule(box, n_mol, pos_in)
+                strain = torch.zeros_like(cell).requires_grad_(True)  # [n_mol, 3, 3]
+                deform = torch.eye(3, dtype=cell.dtype, device=cell.device) + strain
+                positions = torch.einsum("na,nab->nb", leaf, deform[batch])
+                cell = cell @ deform
+            per_atom = self.atom_energies(z, positions, batch, cell, charge_factor, n_mol)
+            energy = self.molecule_energies(per_atom, batch, n_mol)
+            out = {"energy": energy}
+            inputs = ([leaf] if forces else []) + ([strain] if stress else [])
+            grads = (
+                torch.autograd.grad(energy.sum(), inputs, create_graph=keep_graph) if inputs else []
+            )
+        if forces:
+            out["forces"] = -grads[0]
+        if stress:
+            volume = torch.linalg.det(box_per_molecule(box, n_mol, pos_in)).abs()
+            virial = grads[-1]
+            out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+        if atom_energies:
+            out["atom_energies"] = per_atom
         if order is not None:
-            forces = torch.empty_like(forces).index_copy(0, order, forces)
-        if not create_graph:
-            y = y.detach()
-        return y, forces
+            for key in ("forces", "atom_energies"):
+                if key in out:
+                    out[key] = torch.empty_like(out[key]).index_copy(0, order, out[key])
+        if not keep_graph:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
 
 
 def _resize_to_checkpoint(model: TensorNetModel, state: Mapping[str, Tensor]) -> None:
