@@ -189,7 +189,8 @@ def radius_graph_full(
     edge_vec = pos.index_select(0, i) - pos.index_select(0, j)
     if boxes is not None:
         edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
-    edge_dist = safe_norm(edge_vec, i == j)
+    # a self-loop is (i, i) with zero shift; (i, i) with a lattice shift is a periodic image
+    edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
     row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
     row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
     return NeighborList(torch.stack((i, j)), edge_vec, edge_dist, shifts, row_ptr)

@@ -159,7 +159,9 @@ def atomic_energies(
     charge_factor: Tensor,
 ) -> Tensor:
     """The model's per-atom output epsilon_i [N, 1] (before std, priors and reduction)."""
-    is_self = edge_index[0] == edge_index[1]
+    # Self-loops have d = 0 exactly (coincident distinct atoms are rejected before); an atom's
+    # own periodic image (i == j, lattice shift != 0) is an ordinary edge.
+    is_self = edge_dist == 0
     safe_dist = torch.where(is_self, torch.ones_like(edge_dist), edge_dist)
     unit_vec = torch.where(
         is_self[:, None], torch.zeros_like(edge_vec), edge_vec / safe_dist[:, None]

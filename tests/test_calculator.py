@@ -128,9 +128,9 @@ def test_lattice_shift_and_wrap_invariance(model64):
 
 
 def test_small_cell_many_images(model64):
-    """A 5.5 A cell with r_c = 4 A: the energy per cell equals that of a 2x2x2 supercell / 8, and
-    the stress still matches finite differences."""
-    atoms = _water_atoms(n=1, spacing=5.5, seed=2)
+    """A 3.6 A cell with r_c = 4 A (each atom sees its own periodic images): the energy per cell
+    equals that of a 2x2x2 supercell / 8, and the stress still matches finite differences."""
+    atoms = _water_atoms(n=1, spacing=3.6, seed=2)
     atoms.calc = TensorNetCalculator(model64)
     e = atoms.get_potential_energy()
     big = atoms.repeat((2, 2, 2))
