@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .errors import CheckpointError, InputError
 from .neighbors import NeighborList, box_per_molecule, radius_graph_full
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
-from .priors import atomref_energy, d2_atom_energy, zbl_atom_energy
+from .priors import atomref_energy, d2_pair_energies, zbl_pair_energies
 
 _DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 NAMED_MODELS = {"default": os.path.join(_DATA_DIR, "default.ckpt")}
@@ -150,22 +150,15 @@ class TensorNetModel(nn.Module):
         n_mol: int,
     ) -> Tensor:
         """Per-molecule energy [n_mol, 1] for validated, batch-sorted inputs."""
-        per_atom = self.atom_energies(z, pos, batch, box, charge_factor, n_mol)
-        return self.molecule_energies(per_atom, batch, n_mol)
+        eps = self.model_output(z, pos, batch, box, charge_factor)
+        return self.reduce_energy(eps, z, pos, batch, box, n_mol)
 
-    def atom_energies(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Tensor,
-        box: Tensor | None,
-        charge_factor: Tensor,
-        n_mol: int,
+    def model_output(
+        self, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, charge_factor: Tensor
     ) -> Tensor:
-        """Per-atom energies [N] whose per-molecule sums are the energies (see
-        ``atom_contributions``)."""
+        """The network's per-atom output epsilon_i [N, 1] (before std, priors, reduction)."""
         nl = self.neighbor_list(pos, batch, box)
-        eps = reference.atomic_energies(
+        return reference.atomic_energies(
             self.representation_model,
             self.output_model.output_network.layers,
             self.config,
@@ -175,39 +168,58 @@ class TensorNetModel(nn.Module):
             nl.edge_dist,
             charge_factor,
         )
-        return self.atom_contributions(eps, z, pos, batch, box, n_mol)
 
-    def atom_contributions(
+    def _priors(self, name: str) -> list:
+        return [
+            p for spec, p in zip(self.config.priors, self.prior_model or []) if spec.name == name
+        ]
+
+    def _pair_priors(self, z, pos, batch, box) -> list[tuple[Tensor, Tensor]]:
+        """(halved pair energies, receivers) of ZBL and D2, in checkpoint order."""
+        pairs = []
+        for spec, prior in zip(self.config.priors, self.prior_model or []):
+            if spec.name == "ZBL":
+                pairs.append(zbl_pair_energies(prior, z, pos, batch, box))
+            elif spec.name == "D2":
+                pairs.append(d2_pair_energies(prior, z, pos, batch))
+        return pairs
+
+    def reduce_energy(
         self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
     ) -> Tensor:
-        """epsilon_i * std (+ atomref), reduced as torchmd-net does, plus each atom's share of the
-        mean (split equally) and half of each ZBL/D2 pair it is in.  [N]"""
-        e = eps[:, 0] * self.std
-        priors = list(zip(self.config.priors, self.prior_model or []))
-        for spec, prior in priors:
-            if spec.name == "Atomref":
-                e = e + atomref_energy(prior, z)[:, 0]
-        count = torch.bincount(batch, minlength=n_mol).to(e.dtype)
+        """epsilon_i * std (+ atomref) -> per molecule (+ mean) (+ ZBL, D2): [n_mol, 1], summed
+        in torchmd-net's order (in float32 another order moves the result by ~1e-6)."""
+        eps = eps * self.std
+        for prior in self._priors("Atomref"):
+            eps = eps + atomref_energy(prior, z)
+        y = torch.zeros(n_mol, 1, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
         if self.config.reduce_op == "mean":
             # torchmd-net reduces with scatter_reduce(..., "mean") on a zero tensor, whose
             # include_self=True counts the zero: the divisor is n_atoms + 1. Trained models
             # learned that divisor, so it is reproduced here.
+            count = torch.bincount(batch, minlength=n_mol).to(eps.dtype)
+            y = y / (count + 1)[:, None]
+        y = y + self.mean
+        for pair, receiver in self._pair_priors(z, pos, batch, box):
+            y = y + torch.zeros_like(y[:, 0]).index_add(0, batch[receiver], pair)[:, None]
+        return y
+
+    def atom_contributions(
+        self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
+    ) -> Tensor:
+        """Per-atom energies [N] summing (to rounding) to ``reduce_energy``: epsilon_i * std
+        (+ atomref) reduced as torchmd-net does, an equal share of the mean, and half of each
+        ZBL/D2 pair the atom is in."""
+        e = eps[:, 0] * self.std
+        for prior in self._priors("Atomref"):
+            e = e + atomref_energy(prior, z)[:, 0]
+        count = torch.bincount(batch, minlength=n_mol).to(e.dtype)
+        if self.config.reduce_op == "mean":
             e = e / (count + 1)[batch]
         e = e + (self.mean / count.clamp_min(1))[batch]
-        for spec, prior in priors:
-            if spec.name == "ZBL":
-                e = e + zbl_atom_energy(prior, z, pos, batch, box)
-            elif spec.name == "D2":
-                e = e + d2_atom_energy(prior, z, pos, batch)
+        for pair, receiver in self._pair_priors(z, pos, batch, box):
+            e = e.index_add(0, receiver, pair)
         return e
-
-    def molecule_energies(self, per_atom: Tensor, batch: Tensor, n_mol: int) -> Tensor:
-        """Sum per molecule [n_mol, 1]; a molecule index with no atoms gets the mean, as in
-        torchmd-net."""
-        y = torch.zeros(n_mol, dtype=per_atom.dtype, device=per_atom.device)
-        y = y.index_add(0, batch, per_atom)
-        empty = torch.bincount(batch, minlength=n_mol) == 0
-        return (y + self.mean * empty.to(y.dtype))[:, None]
 
     def forward(
         self,
@@ -277,9 +289,13 @@ class TensorNetModel(nn.Module):
                 deform = torch.eye(3, dtype=cell.dtype, device=cell.device) + strain
                 positions = torch.einsum("na,nab->nb", leaf, deform[batch])
                 cell = cell @ deform
-            per_atom = self.atom_energies(z, positions, batch, cell, charge_factor, n_mol)
-            energy = self.molecule_energies(per_atom, batch, n_mol)
+            eps = self.model_output(z, positions, batch, cell, charge_factor)
+            energy = self.reduce_energy(eps, z, positions, batch, cell, n_mol)
             out = {"energy": energy}
+            if atom_energies:
+                out["atom_energies"] = self.atom_contributions(
+                    eps, z, positions, batch, cell, n_mol
+                )
             inputs = ([leaf] if forces else []) + ([strain] if stress else [])
             grads = (
                 torch.autograd.grad(energy.sum(), inputs, create_graph=keep_graph) if inputs else []
@@ -290,8 +306,6 @@ class TensorNetModel(nn.Module):
             volume = torch.linalg.det(box_per_molecule(box, n_mol, pos_in)).abs()
             virial = grads[-1]
             out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
-        if atom_energies:
-            out["atom_energies"] = per_atom
         if order is not None:
             for key in ("forces", "atom_energies"):
                 if key in out:

@@ -27,17 +27,11 @@ def atomref_energy(prior: AtomrefParams, z: Tensor) -> Tensor:
     return prior.atomref.weight[z]
 
 
-def _half_per_receiver(pair: Tensor, receivers: Tensor, n_atoms: int) -> Tensor:
-    """Each pair appears in both directions: half of each to its receiver sums to the total."""
-    return 0.5 * torch.zeros(n_atoms, dtype=pair.dtype, device=pair.device).index_add(
-        0, receivers, pair
-    )
-
-
-def zbl_atom_energy(
+def zbl_pair_energies(
     prior: ZBLParams, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None
-) -> Tensor:
-    """Ziegler-Biersack-Littmark screened nuclear repulsion, per atom [N]."""
+) -> tuple[Tensor, Tensor]:
+    """Ziegler-Biersack-Littmark screened nuclear repulsion: (energy of each directed pair,
+    already halved because every pair appears twice [E], receiving atom [E])."""
     edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch, box)
     zi, zj = (prior.atomic_number[z[idx]].to(pos.dtype) for idx in edge_index)
     screening = 0.8854 * BOHR_RADIUS_M / (zi**0.23 + zj**0.23)
@@ -50,12 +44,15 @@ def zbl_atom_energy(
     )
     phi = phi * cosine_cutoff(dist, 0.0, prior.cutoff_distance)
     pair = phi * zi * zj / dist
-    scale = _ZBL_COULOMB_J_M / prior.energy_scale / prior.distance_scale
-    return scale * _half_per_receiver(pair, edge_index[0], z.shape[0])
+    scale = 0.5 * _ZBL_COULOMB_J_M / prior.energy_scale / prior.distance_scale
+    return scale * pair, edge_index[0]
 
 
-def d2_atom_energy(prior: D2Params, z: Tensor, pos: Tensor, batch: Tensor) -> Tensor:
-    """Grimme D2 dispersion per atom [N] (no periodic images, as in torchmd-net)."""
+def d2_pair_energies(
+    prior: D2Params, z: Tensor, pos: Tensor, batch: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Grimme D2 dispersion (no periodic images, as in torchmd-net): (halved energy of each
+    directed pair [E], receiving atom [E])."""
     edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch)
     r = dist * (prior.distance_scale * 1e9)  # nm
     elem = prior.Z_map[z[edge_index]]  # [2, E]
@@ -63,4 +60,4 @@ def d2_atom_energy(prior: D2Params, z: Tensor, pos: Tensor, batch: Tensor) -> Te
     r_r = prior.R_r[elem[0]] + prior.R_r[elem[1]]
     damping = 1.0 / (1.0 + torch.exp(-20.0 * (r / r_r - 1.0)))
     pair = c6 / r**6 * damping  # J/mol
-    return -_half_per_receiver(pair, edge_index[0], z.shape[0]) / (prior.energy_scale * AVOGADRO)
+    return -0.5 * pair / (prior.energy_scale * AVOGADRO), edge_index[0]
