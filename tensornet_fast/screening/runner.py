@@ -1,0 +1,260 @@
+"""The screening loop: stream records -> parse/validate -> batch -> evaluate -> append rows.
+
+``screen(...)`` runs in this process (parsing in a background thread, the model in the caller's
+thread) or, with ``scheduler``/``workers``/``devices``, fans shards of raw records out to
+long-lived model workers (see :mod:`.distributed`) while this process alone writes ``out``.
+Either way ``out`` is the single source of truth for resume: ids already in it are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .batching import BatchEvaluator, RelaxOptions, columns, default_batch_atoms, make_batches
+from .readers import RawRecord, Record, detect_format, iter_raw, parse_record
+from .writer import open_sink
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """Everything a worker needs to turn records into rows (picklable, hashable)."""
+
+    model: str = "default"
+    device: str = "cpu"
+    backend: str = "auto"
+    precision: int | None = None
+    batch_atoms: int | None = None
+    window: int = 4096
+    relax: bool = False
+    fmax: float = 0.05
+    max_steps: int = 200
+    seed: int = 0
+    threads: int | None = None
+
+    @property
+    def atoms_per_batch(self) -> int:
+        return self.batch_atoms or default_batch_atoms(self.device)
+
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+def get_model(spec: ScreenSpec) -> torch.nn.Module:
+    """The process's model for ``spec``: loaded once, then reused by every batch and task."""
+    key = (spec.model, spec.device, spec.backend, spec.precision)
+    model = _MODELS.get(key)
+    if model is None:
+        from ..model import load_model
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        overrides = {} if spec.precision is None else {"precision": spec.precision}
+        model = load_model(spec.model, device=spec.device, backend=spec.backend, **overrides)
+        _MODELS[key] = model
+    return model
+
+
+def evaluate_stream(
+    records: Iterable[Record], spec: ScreenSpec
+) -> Iterator[tuple[list[dict], int]]:
+    """(rows, input bytes) per batch."""
+    relax = RelaxOptions(spec.fmax, spec.max_steps) if spec.relax else None
+    evaluator = BatchEvaluator(get_model(spec), relax)
+    for group in make_batches(records, spec.atoms_per_batch, spec.window):
+        yield evaluator.rows(group), sum(r.nbytes for r in group)
+
+
+def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
+    """Worker task: parse, validate, batch and evaluate one shard of raw records."""
+    max_z = get_model(spec).config.max_z
+    records = [parse_record(r, max_z, spec.seed) for r in raws]
+    rows: list[dict] = []
+    for batch_rows, _ in evaluate_stream(records, spec):
+        rows.extend(batch_rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------- progress
+class Progress:
+    """A tqdm bar (bytes of input, so the ETA is right for a stream) on a terminal; plain log
+    lines every ``log_every`` seconds otherwise."""
+
+    def __init__(self, total_bytes: int, enabled: bool | None = None, log_every: float = 10.0,
+                 stream=None):
+        self.stream = stream or sys.stderr
+        self.total = max(total_bytes, 1)
+        self.start = time.perf_counter()
+        self.n_rows = self.n_failed = 0
+        self.bytes = 0
+        self._skipped_bytes = 0
+        self.log_every = log_every
+        self._last_log = self.start
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.bar = None
+        if enabled if enabled is not None else tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=self.stream,
+                            desc="screen", smoothing=0.1, dynamic_ncols=True)
+        self.quiet = enabled is False
+
+    def skip(self, nbytes: int) -> None:  # may be called from the reader thread
+        self._skipped_bytes += nbytes
+
+    def rate(self) -> float:
+        return self.n_rows / max(time.perf_counter() - self.start, 1e-9)
+
+    def update(self, rows: Sequence[dict], nbytes: int) -> None:
+        self.n_rows += len(rows)
+        self.n_failed += sum(1 for r in rows if r["status"] != "ok")
+        skipped, self._skipped_bytes = self._skipped_bytes, 0
+        self.bytes += nbytes + skipped
+        if self.bar is not None:
+            self.bar.update(nbytes + skipped)
+            self.bar.set_postfix(mol_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed,
+                                 refresh=False)
+        elif not self.quiet and time.perf_counter() - self._last_log >= self.log_every:
+            self._last_log = time.perf_counter()
+            frac = min(self.bytes / self.total, 1.0)
+            elapsed = self._last_log - self.start
+            eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+            print(f"screen: {self.n_rows} molecules ({self.n_failed} failed), "
+                  f"{self.rate():.1f} molecules/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class ScreenStats:
+    out: str
+    n_rows: int = 0  # rows written by this run
+    n_failed: int = 0
+    n_existing: int = 0  # rows already in OUT (skipped)
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    mode: str = "local"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def molecules_per_s(self) -> float:
+        return self.n_rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def summary(self) -> str:
+        state = "interrupted" if self.interrupted else "done"
+        return (f"screen {state}: {self.n_rows} molecules ({self.n_rows - self.n_failed} ok, "
+                f"{self.n_failed} failed) in {self.elapsed_s:.2f} s = "
+                f"{self.molecules_per_s:.1f} molecules/s [{self.mode}]; "
+                f"{self.n_existing} already in {self.out} skipped")
+
+
+# ---------------------------------------------------------------------------------- local run
+_END = object()
+
+
+def _prefetch(it: Iterator, maxsize: int) -> Iterator:
+    """Run ``it`` in a daemon thread (RDKit/numpy parsing overlaps the model), bounded queue."""
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_END)
+        except BaseException as exc:  # surface reader bugs in the consumer
+            q.put(exc)
+
+    threading.Thread(target=produce, daemon=True, name="screen-reader").start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _check_inputs(inputs: Sequence[str]) -> None:
+    for path in inputs:
+        detect_format(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input {path} does not exist")
+
+
+def screen(
+    inputs: Sequence[str],
+    out: str,
+    spec: ScreenSpec = ScreenSpec(),
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    devices: Sequence[str] | None = None,
+    shard_size: int = 1024,
+    progress: bool | None = None,
+    rows_per_part: int = 100_000,
+    on_write: Callable[[int], None] | None = None,
+) -> ScreenStats:
+    """Screen ``inputs`` into ``out``; resumable. ``on_write(k)`` runs after the k-th flushed
+    write (tests use it to interrupt a run). KeyboardInterrupt propagates after ``out`` is
+    closed in a valid state."""
+    inputs = list(inputs)
+    _check_inputs(inputs)
+    sink = open_sink(out, columns(spec.relax), rows_per_part)
+    stats = ScreenStats(out=out, n_existing=sink.n_existing)
+    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress)
+    writes = 0
+
+    def write(rows: list[dict], nbytes: int) -> None:
+        nonlocal writes
+        sink.write(rows)
+        prog.update(rows, nbytes)
+        writes += 1
+        if on_write is not None:
+            on_write(writes)
+
+    try:
+        raws = iter_raw(inputs, sink.done, on_skip=prog.skip)
+        if scheduler or workers or devices:
+            from .distributed import run_pool
+
+            stats.mode = run_pool(raws, spec, write, scheduler=scheduler, workers=workers,
+                                  devices=devices, shard_size=shard_size, progress=prog)
+        else:
+            model = get_model(spec)
+            prog.start = time.perf_counter()  # throughput excludes loading the model
+            max_z = model.config.max_z
+            records = _prefetch((parse_record(r, max_z, spec.seed) for r in raws), maxsize=4096)
+            for rows, nbytes in evaluate_stream(records, spec):
+                write(rows, nbytes)
+            stats.mode = f"local {spec.device}"
+    except KeyboardInterrupt:
+        stats.interrupted = True
+        raise
+    finally:
+        sink.close()
+        prog.update([], 0)
+        prog.close()
+        stats.n_rows, stats.n_failed = prog.n_rows, prog.n_failed
+        stats.elapsed_s = time.perf_counter() - prog.start
+    return stats
