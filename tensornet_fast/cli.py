@@ -112,7 +112,7 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", type=int, choices=(32, 64), default=None,
                    help="run in float32/float64 (default: the checkpoint's)")
     p.add_argument("--batch-atoms", type=int, default=None,
-                   help="atom budget per batch (default 2048 on CPU, 65536 on CUDA)")
+                   help="atom budget per batch (default 1024 on CPU, 16384 on CUDA)")
     p.add_argument("--window", type=int, default=4096,
                    help="records sorted by size together before packing batches (default 4096)")
     p.add_argument("--relax", action="store_true",

@@ -272,13 +272,29 @@ def test_relax_matches_ase_fire(model, tmp_path):
     assert any(rows[f"six.xyz:{k}"]["relax_steps"] > 0 for k in range(5))
 
 
-def test_dask_local_cluster_same_rows(library, reference, model, tmp_path):
-    pytest.importorskip("distributed")
-    paths, _ = library
+def test_dask_cluster_interrupt_and_resume(library, reference, model, tmp_path):
+    """--scheduler mode on a loopback LocalCluster (2 worker processes): an interrupted run and
+    its resumption together give every row once, equal to load_model's numbers."""
+    distributed = pytest.importorskip("distributed")
+    paths, expected = library
     out = str(tmp_path / "dask.csv")
-    stats = screen(paths, out, ScreenSpec(**SMALL, threads=1), workers=2, shard_size=6,
-                   progress=False)
-    assert stats.mode.startswith("dask")
+    spec = ScreenSpec(**SMALL, threads=1)
+
+    def stop(n):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://127.0.0.1:")
+        with pytest.raises(KeyboardInterrupt):
+            screen(paths, out, spec, scheduler=address, shard_size=4, progress=False,
+                   on_write=stop)
+        n_partial = len(read_results(out))
+        assert 0 < n_partial < len(expected)
+        stats = screen(paths, out, spec, scheduler=address, shard_size=6, progress=False)
+    assert stats.mode.startswith("dask") and stats.n_existing == n_partial
     _check_rows(read_results(out), library, reference, model)
 
 
@@ -291,3 +307,19 @@ def test_per_device_processes_and_cli(library, reference, model, tmp_path, capsy
     assert rc == 0
     assert "molecules/s" in capsys.readouterr().err
     _check_rows(read_results(out), library, reference, model)
+
+
+@pytest.mark.parametrize("name", ["o.csv", "o.parquet"])
+def test_output_locked_against_concurrent_runs(tmp_path, name):
+    from tensornet_fast.screening.writer import open_sink
+
+    path = str(tmp_path / name)
+    first = open_sink(path, ["id", "status"])
+    with pytest.raises(ValueError, match="locked"):
+        open_sink(path, ["id", "status"])
+    first.write([{"id": "a.xyz:0", "status": "ok"}])
+    first.close()
+    again = open_sink(path, ["id", "status"])  # released on close; resume sees the row
+    assert again.n_existing == 1 and bool(again.done["a.xyz"][0])
+    again.close()
+    assert sorted(os.listdir(tmp_path)) == [name]  # no lock file left behind

@@ -27,7 +27,9 @@ def columns(relax: bool) -> list[str]:
 
 
 def default_batch_atoms(device: str | torch.device) -> int:
-    return 65536 if torch.device(device).type == "cuda" else 2048
+    """Measured on CPU (reference backend): 512-1024 atoms is fastest, larger batches fall out of
+    cache. On CUDA a batch of 16k drug-like atoms holds a few GB of autograd state."""
+    return 16384 if torch.device(device).type == "cuda" else 1024
 
 
 def make_batches(

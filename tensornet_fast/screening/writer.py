@@ -27,6 +27,34 @@ _TYPES = {
 }
 
 
+class OutputLock:
+    """An exclusive lock next to the output, so two runs never append to the same OUT (which
+    would duplicate rows). Released, and the lock file removed, by ``release``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._fh = open(path, "a")
+        try:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no protection against concurrent runs
+            pass
+        except OSError:
+            self._fh.close()
+            msg = f"another screen run is writing this output ({path} is locked)"
+            raise ValueError(msg) from None
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            self._fh.close()
+
+
 def done_masks(ids: Iterable[str]) -> dict[str, np.ndarray]:
     per_key: dict[str, list[int]] = {}
     for ident in ids:
@@ -222,9 +250,34 @@ class ParquetSink:
 
 
 def open_sink(path: str, columns: Sequence[str], rows_per_part: int = 100_000):
-    if path.rstrip("/").lower().endswith(".parquet"):
-        return ParquetSink(path.rstrip("/"), columns, rows_per_part)
-    return CsvSink(path, columns)
+    """The sink for ``path`` (Parquet directory if it ends in .parquet, else CSV), locked
+    against concurrent runs until ``close``."""
+    path = path.rstrip("/")
+    parquet = path.lower().endswith(".parquet")
+    if parquet and os.path.isfile(path):
+        raise ValueError(f"{path} is a file; a .parquet output is a directory dataset")
+    lock = OutputLock(os.path.join(path, "_lock") if parquet else path + ".lock")
+    try:
+        sink = ParquetSink(path, columns, rows_per_part) if parquet else CsvSink(path, columns)
+    except BaseException:
+        lock.release()
+        raise
+    return _Locked(sink, lock)
+
+
+class _Locked:
+    def __init__(self, sink, lock: OutputLock):
+        self.sink, self.lock = sink, lock
+        self.done, self.n_existing = sink.done, sink.n_existing
+
+    def write(self, rows: Sequence[dict]) -> None:
+        self.sink.write(rows)
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        finally:
+            self.lock.release()
 
 
 def read_results(path: str) -> list[dict]:
