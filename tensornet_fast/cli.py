@@ -134,6 +134,9 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
                        help="records per task in scale-out modes (default 1024)")
     scale.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads per process (default: cores / workers)")
+    p.add_argument("--parse-workers", type=int, default=None, metavar="N",
+                   help="local run: processes parsing/embedding records (default: cores-1, at "
+                   "most 8, when there are SMILES inputs, else 0 = a thread)")
     p.add_argument("--rows-per-part", type=int, default=100_000,
                    help="Parquet output: rows per part file (default 100000)")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
@@ -159,7 +162,8 @@ def _run_screen(args: argparse.Namespace) -> int:
     try:
         stats = screen(args.inputs, args.out, spec, scheduler=args.scheduler,
                        workers=args.workers, devices=devices, shard_size=args.shard_size,
-                       progress=progress, rows_per_part=args.rows_per_part)
+                       progress=progress, rows_per_part=args.rows_per_part,
+                       parse_workers=args.parse_workers)
     except KeyboardInterrupt:
         print(f"tensornet-fast screen: interrupted; {args.out} is valid, re-run the same "
               "command to resume", file=sys.stderr)

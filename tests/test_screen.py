@@ -161,8 +161,9 @@ def _check_rows(rows, library, reference, model):
 def test_mixed_library_statuses_and_energies(library, reference, model, tmp_path):
     paths, _ = library
     out = tmp_path / "out.csv"
-    stats = screen(paths, str(out), ScreenSpec(**SMALL), progress=False)
-    assert not stats.interrupted and stats.n_rows == len(library[1])
+    stats = screen(paths, str(out), ScreenSpec(**SMALL), progress=False, parse_workers=2)
+    assert "2 parser processes" in stats.mode and not stats.interrupted
+    assert stats.n_rows == len(library[1])
     by_id = _check_rows(read_results(str(out)), library, reference, model)
     assert by_id["lib.sdf:2"]["status"].startswith("error: unparsable SDF")
     assert "35" in by_id["lib.sdf:4"]["status"]  # CCBr: z=35 >= max_z
@@ -211,20 +212,21 @@ def test_resume_after_interrupt(library, reference, model, tmp_path, suffix):
         return hook
 
     with pytest.raises(KeyboardInterrupt):
-        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7,
+        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7, parse_workers=0,
                on_write=stop_after(3))
     partial = read_results(out)
     assert 0 < len(partial) < len(expected)
     _by_id(partial)
     with pytest.raises(KeyboardInterrupt):  # a second interruption, on the resumed run
-        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7,
+        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7, parse_workers=0,
                on_write=stop_after(2))
     middle = read_results(out)
     assert len(partial) < len(middle) < len(expected)
     if suffix == "csv":  # a hard kill mid-write leaves a torn line: resume cuts it off
         with open(out, "a") as fh:
             fh.write("lib.smi:99,torn")
-    stats = screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7)
+    stats = screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7,
+                   parse_workers=0)
     assert stats.n_existing == len(middle)
     assert stats.n_rows == len(expected) - len(middle)
     _check_rows(read_results(out), library, reference, model)
@@ -323,3 +325,28 @@ def test_output_locked_against_concurrent_runs(tmp_path, name):
     assert again.n_existing == 1 and bool(again.done["a.xyz"][0])
     again.close()
     assert sorted(os.listdir(tmp_path)) == [name]  # no lock file left behind
+
+
+def test_total_charge_reaches_charge_models(tmp_path):
+    """Models trained with total charges get each molecule's formal charge (RDKit)."""
+    oracle = pytest.importorskip("tests.oracle")
+    ckpt = oracle.make_checkpoint(tmp_path / "q.ckpt", seed=3, charge=True)
+    charged = load_model(ckpt)
+    cases = [("C[NH3+]", 1), ("CC(=O)[O-]", -1), ("CCO", 0)]
+    smi = tmp_path / "ions.smi"
+    smi.write_text("".join(f"{s} m{k}\n" for k, (s, _) in enumerate(cases)))
+    out = str(tmp_path / "ions.csv")
+    screen([str(smi)], out, ScreenSpec(model=str(ckpt)), progress=False, parse_workers=0)
+    rows = _by_id(read_results(out))
+    got, ref = [], []
+    for k, (s, q) in enumerate(cases):
+        mol = _embed(s)
+        z = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()])
+        pos = torch.as_tensor(mol.GetConformer().GetPositions(), dtype=charged.dtype)
+        e, _ = charged(z, pos, q=torch.tensor([float(q)]))
+        if q:
+            assert abs(e.item() - charged(z, pos)[0].item()) > 1e-4  # the charge matters
+        got.append(rows[f"ions.smi:{k}"]["energy"])
+        ref.append(e.item())
+    assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                 charged.dtype, "energy", "charged molecules")

@@ -83,8 +83,11 @@ def _concat(model: torch.nn.Module, recs: list[Record]) -> tuple[torch.Tensor, .
     batch = torch.repeat_interleave(torch.arange(len(recs)), counts)
     if device.type == "cuda":
         z, pos, batch = z.pin_memory(), pos.pin_memory(), batch.pin_memory()
+    q = None
+    if model.config.charge:  # total charge per molecule, only for models trained with it
+        q = torch.tensor([float(r.charge) for r in recs], dtype=model.dtype, device=device)
     return (z.to(device, non_blocking=True), pos.to(device, non_blocking=True),
-            batch.to(device, non_blocking=True))
+            batch.to(device, non_blocking=True), q)
 
 
 def per_molecule_fmax(forces: torch.Tensor, batch: torch.Tensor, n_mol: int) -> torch.Tensor:
@@ -94,8 +97,8 @@ def per_molecule_fmax(forces: torch.Tensor, batch: torch.Tensor, n_mol: int) -> 
 
 def single_point(model: torch.nn.Module, recs: list[Record]) -> list[tuple[float, float]]:
     """(energy, fmax) per record, one batched model call."""
-    z, pos, batch = _concat(model, recs)
-    energy, forces = model(z, pos, batch)
+    z, pos, batch, q = _concat(model, recs)
+    energy, forces = model(z, pos, batch, q=q)
     fmax = per_molecule_fmax(forces, batch, len(recs))
     return list(zip(energy.detach().reshape(-1).double().cpu().tolist(),
                     fmax.double().cpu().tolist()))

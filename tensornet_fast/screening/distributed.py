@@ -19,17 +19,10 @@ import dataclasses
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterable, Sequence
 
-from .readers import RawRecord
+from .readers import RawRecord, chunked
 from .runner import Progress, ScreenSpec, process_shard
-
-
-def _chunks(raws: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
-    it = iter(raws)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:
@@ -149,7 +142,7 @@ def run_pool(
                 nbytes = inflight.pop(fut)
                 write(fut.result(), nbytes)
 
-        for shard in _chunks(raws, shard_size):
+        for shard in chunked(raws, shard_size):
             while len(inflight) >= max_inflight:
                 drain()
             inflight[pool.submit(shard)] = sum(r.nbytes for r in shard)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -50,6 +51,7 @@ class Record:
     pos: np.ndarray | None  # float64 [n, 3]
     nbytes: int = 0
     error: str | None = None
+    charge: int = 0  # total charge (RDKit formal charges, extxyz charge=); used by charge models
 
     @property
     def n_atoms(self) -> int:
@@ -189,6 +191,12 @@ def iter_raw(
                 yield RawRecord(key, index, fmt, text, nbytes, error)
 
 
+def chunked(raws: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    it = iter(raws)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
 # ---------------------------------------------------------------------------------- parsing
 _SYMBOLS: dict[str, int] | None = None
 
@@ -211,7 +219,7 @@ def _atomic_number(token: str) -> int:
     return z
 
 
-def _parse_xyz(text: str) -> tuple[str, np.ndarray, np.ndarray]:
+def _parse_xyz(text: str) -> tuple[str, np.ndarray, np.ndarray, int]:
     lines = text.splitlines()
     n = int(lines[0].split()[0])
     comment = lines[1].strip() if len(lines) > 1 else ""
@@ -226,7 +234,8 @@ def _parse_xyz(text: str) -> tuple[str, np.ndarray, np.ndarray]:
         if atoms.pbc.any():
             raise ValueError("periodic cell: screen handles molecules only")
         name = str(atoms.info.get("name", atoms.info.get("id", "")))
-        return name, np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.positions, float)
+        charge = int(round(float(atoms.info.get("charge", 0))))
+        return name, np.asarray(atoms.numbers, np.int64), np.asarray(atoms.positions, float), charge
     z = np.empty(n, dtype=np.int64)
     pos = np.empty((n, 3), dtype=np.float64)
     for k, line in enumerate(lines[2 : 2 + n]):
@@ -239,10 +248,15 @@ def _parse_xyz(text: str) -> tuple[str, np.ndarray, np.ndarray]:
         except ValueError:
             raise ValueError(f"xyz atom line {k + 1}: bad coordinates") from None
     name = "" if extended or len(comment) > 100 else comment
-    return name, z, pos
+    charge = 0
+    if extended:
+        for tok in comment.split():
+            if tok.startswith("charge="):
+                charge = int(round(float(tok[7:].strip('"'))))
+    return name, z, pos, charge
 
 
-def _parse_sdf(text: str) -> tuple[str, np.ndarray, np.ndarray]:
+def _parse_sdf(text: str) -> tuple[str, np.ndarray, np.ndarray, int]:
     from rdkit import Chem
 
     mol = Chem.MolFromMolBlock(text, sanitize=False, removeHs=False, strictParsing=True)
@@ -253,10 +267,10 @@ def _parse_sdf(text: str) -> tuple[str, np.ndarray, np.ndarray]:
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
     pos = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64).reshape(-1, 3)
     name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-    return name, z, pos
+    return name, z, pos, sum(a.GetFormalCharge() for a in mol.GetAtoms())
 
 
-def _parse_smiles(text: str, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+def _parse_smiles(text: str, seed: int) -> tuple[str, np.ndarray, np.ndarray, int]:
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -274,7 +288,7 @@ def _parse_smiles(text: str, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
             raise ValueError("RDKit conformer embedding failed")
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
     pos = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64).reshape(-1, 3)
-    return name, z, pos
+    return name, z, pos, Chem.GetFormalCharge(mol)
 
 
 def validate(z: np.ndarray, pos: np.ndarray, max_z: int) -> str | None:
@@ -298,15 +312,16 @@ def parse_record(raw: RawRecord, max_z: int, seed: int = 0) -> Record:
         return Record(raw.id, "", None, None, raw.nbytes, short_error(raw.error))
     try:
         if raw.fmt == "sdf":
-            name, z, pos = _parse_sdf(raw.text)
+            name, z, pos, charge = _parse_sdf(raw.text)
         elif raw.fmt == "xyz":
-            name, z, pos = _parse_xyz(raw.text)
+            name, z, pos, charge = _parse_xyz(raw.text)
         else:
-            name, z, pos = _parse_smiles(raw.text, seed)
+            name, z, pos, charge = _parse_smiles(raw.text, seed)
     except Exception as exc:  # any parser failure is a per-record status, never a crash
         return Record(raw.id, "", None, None, raw.nbytes, short_error(exc))
     error = validate(z, pos, max_z)
-    return Record(raw.id, name, z, pos, raw.nbytes, None if error is None else short_error(error))
+    return Record(raw.id, name, z, pos, raw.nbytes, None if error is None else short_error(error),
+                  charge)
 
 
 def hill_formula(z: np.ndarray | None) -> str:

@@ -29,7 +29,7 @@ def fire_relax(
     from .batching import _concat, per_molecule_fmax
 
     n = len(recs)
-    z, pos32, batch = _concat(model, recs)
+    z, pos32, batch, q = _concat(model, recs)
     device, dtype = pos32.device, model.dtype
     pos = pos32.double()  # state in float64; the model sees its own dtype
     v = torch.zeros_like(pos)
@@ -47,7 +47,7 @@ def fire_relax(
         m = mol.shape[0]
         amask = active[batch]
         local = (torch.cumsum(active.long(), 0) - 1)[batch[amask]]  # local molecule per atom
-        e, f = model(z[amask], pos[amask].to(dtype), local)
+        e, f = model(z[amask], pos[amask].to(dtype), local, q=None if q is None else q[mol])
         f = f.double()
         fm = per_molecule_fmax(f, local, m).double()
         energy[mol] = e.detach().reshape(-1).double()

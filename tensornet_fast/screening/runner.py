@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batching import BatchEvaluator, RelaxOptions, columns, default_batch_atoms, make_batches
-from .readers import RawRecord, Record, detect_format, iter_raw, parse_record
+from .readers import RawRecord, Record, chunked, detect_format, iter_raw, parse_record
 from .writer import open_sink
 
 
@@ -195,6 +195,43 @@ def _prefetch(it: Iterator, maxsize: int) -> Iterator:
         stop.set()
 
 
+def _parse_chunk(raws: list[RawRecord], max_z: int, seed: int) -> list[Record]:
+    return [parse_record(r, max_z, seed) for r in raws]
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+
+
+def parallel_parse(
+    raws: Iterable[RawRecord], max_z: int, seed: int, n_workers: int, chunk: int = 32
+) -> Iterator[Record]:
+    """``parse_record`` over ``n_workers`` processes (RDKit conformer generation is the slow
+    part of SMILES inputs), in input order, with a bounded number of chunks in flight."""
+    import collections
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
+                                initializer=_ignore_sigint) as ex:
+        pending: collections.deque = collections.deque()
+        for part in chunked(raws, chunk):
+            pending.append(ex.submit(_parse_chunk, part, max_z, seed))
+            while len(pending) >= 4 * n_workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def default_parse_workers(inputs: Sequence[str]) -> int:
+    """Parser processes for a local run: none unless SMILES need 3D conformers."""
+    if not any(detect_format(p) == "smiles" for p in inputs):
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def _check_inputs(inputs: Sequence[str]) -> None:
     for path in inputs:
         detect_format(path)
@@ -213,11 +250,13 @@ def screen(
     shard_size: int = 1024,
     progress: bool | None = None,
     rows_per_part: int = 100_000,
+    parse_workers: int | None = None,
     on_write: Callable[[int], None] | None = None,
 ) -> ScreenStats:
     """Screen ``inputs`` into ``out``; resumable. ``on_write(k)`` runs after the k-th flushed
     write (tests use it to interrupt a run). KeyboardInterrupt propagates after ``out`` is
-    closed in a valid state."""
+    closed in a valid state. ``parse_workers``: parser processes for a local run (default:
+    :func:`default_parse_workers`; 0 parses in a thread of this process)."""
     inputs = list(inputs)
     _check_inputs(inputs)
     sink = open_sink(out, columns(spec.relax), rows_per_part)
@@ -244,10 +283,16 @@ def screen(
             model = get_model(spec)
             prog.start = time.perf_counter()  # throughput excludes loading the model
             max_z = model.config.max_z
-            records = _prefetch((parse_record(r, max_z, spec.seed) for r in raws), maxsize=4096)
+            if parse_workers is None:
+                parse_workers = default_parse_workers(inputs)
+            if parse_workers > 0:
+                parsed = parallel_parse(raws, max_z, spec.seed, parse_workers)
+            else:
+                parsed = (parse_record(r, max_z, spec.seed) for r in raws)
+            records = _prefetch(parsed, maxsize=4096)
             for rows, nbytes in evaluate_stream(records, spec):
                 write(rows, nbytes)
-            stats.mode = f"local {spec.device}"
+            stats.mode = f"local {spec.device}, {parse_workers} parser processes"
     except KeyboardInterrupt:
         stats.interrupted = True
         raise
