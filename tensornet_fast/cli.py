@@ -114,7 +114,8 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-atoms", type=int, default=None,
                    help="atom budget per batch (default 1024 on CPU, 16384 on CUDA)")
     p.add_argument("--window", type=int, default=4096,
-                   help="records sorted by size together before packing batches (default 4096)")
+                   help="at most this many records (or 8x --batch-atoms atoms) are sorted by size "
+                   "together before packing batches (default 4096)")
     p.add_argument("--relax", action="store_true",
                    help="also relax each molecule (batched FIRE) and report relaxed_energy, "
                    "relaxed_fmax, relax_steps, converged")
@@ -124,7 +125,8 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
     scale = p.add_argument_group("scale-out (one long-lived model per worker; this process "
                                  "writes OUT)")
     scale.add_argument("--scheduler", metavar="ADDRESS",
-                       help="Dask scheduler of an existing cluster, e.g. tcp://head:8786")
+                       help="Dask scheduler of an existing cluster, e.g. tcp://head:8786 (one GPU "
+                       "per worker: dask-cuda, or dask-jobqueue on Slurm/PBS)")
     scale.add_argument("--workers", type=int, metavar="N",
                        help="start a Dask LocalCluster with N worker processes on 127.0.0.1")
     scale.add_argument("--devices", metavar="LIST",

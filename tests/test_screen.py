@@ -350,3 +350,30 @@ def test_total_charge_reaches_charge_models(tmp_path):
         ref.append(e.item())
     assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
                  charged.dtype, "energy", "charged molecules")
+
+
+def test_batches_respect_budget_and_sort_by_size():
+    from tensornet_fast.screening.batching import make_batches
+    from tensornet_fast.screening.readers import Record
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 30, size=200)
+    recs = [Record(f"r:{k}", "", np.ones(n, np.int64), np.zeros((n, 3)),
+                   error="error: bad" if k % 17 == 0 else None) for k, n in enumerate(sizes)]
+    groups = list(make_batches(recs, batch_atoms=64, window=50))
+    flat = [r.id for g in groups for r in g]
+    assert sorted(flat) == sorted(r.id for r in recs)  # every record exactly once
+    for g in groups:
+        good = [r.n_atoms for r in g if r.ok]
+        assert good == sorted(good)
+        assert sum(good) <= 64 or len(good) == 1
+    # greedy packing: a batch closes only when the next molecule does not fit, so all but the
+    # last batch of each window hold more than 64 - 29 atoms
+    n_windows_max = 200 // 50 + int(sum(sizes)) // (8 * 64) + 1
+    underfull = [g for g in groups if sum(r.n_atoms for r in g if r.ok) <= 64 - 29]
+    assert len(underfull) <= n_windows_max
+
+
+def test_same_input_twice_is_refused(library, tmp_path):
+    with pytest.raises(ValueError, match="more than once"):
+        screen([library[0][0], library[0][0]], str(tmp_path / "x.csv"), progress=False)

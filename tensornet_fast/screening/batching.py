@@ -35,14 +35,18 @@ def default_batch_atoms(device: str | torch.device) -> int:
 def make_batches(
     records: Iterable[Record], batch_atoms: int, window: int
 ) -> Iterator[list[Record]]:
-    """Group a record stream into batches. Every record comes out exactly once; failed records
-    ride along with the first batch of their window (they cost nothing to evaluate)."""
+    """Group a record stream into batches. Records are sorted by size inside a window of at most
+    ``window`` records or ``8 * batch_atoms`` atoms (so the first results come quickly even when
+    parsing is slow), then packed up to ``batch_atoms``. Every record comes out exactly once;
+    failed records ride along with the first batch of their window."""
     buf: list[Record] = []
+    atoms = 0
     for rec in records:
         buf.append(rec)
-        if len(buf) >= window:
+        atoms += rec.n_atoms
+        if len(buf) >= window or atoms >= 8 * batch_atoms:
             yield from _pack(buf, batch_atoms)
-            buf = []
+            buf, atoms = [], 0
     if buf:
         yield from _pack(buf, batch_atoms)
 

@@ -83,15 +83,31 @@ class _DaskPool:
         from distributed import Client, LocalCluster
 
         self.cluster = None
+        if not scheduler and spec.device.startswith("cuda"):
+            import warnings
+
+            import torch
+
+            if torch.cuda.device_count() > 1:
+                warnings.warn(
+                    "--workers with a CUDA device puts every worker on the same GPU; use "
+                    "--devices all (one process per GPU) or a dask-cuda cluster via --scheduler",
+                    stacklevel=2,
+                )
         if scheduler:
             self.client = Client(scheduler)
             self.spec = spec
         else:
+            import dask
+
             threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
-            self.cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None,
-            )
+            # no MALLOC_TRIM_THRESHOLD_ for model workers (see runner.undo_malloc_trim)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
+                                  None}):
+                self.cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None,
+                )
             self.client = Client(self.cluster)
             self.spec = dataclasses.replace(spec, threads=threads)
         n_seen = len(self.client.scheduler_info().get("workers", {}))
