@@ -142,7 +142,8 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows-per-part", type=int, default=100_000,
                    help="Parquet output: rows per part file (default 100000)")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
-                   help="progress bar on a terminal, log lines otherwise (auto)")
+                   help="auto (default): a bar with rate and ETA on a terminal, a log line "
+                   "every 10 s otherwise")
 
 
 def _run_screen(args: argparse.Namespace) -> int:
@@ -157,14 +158,11 @@ def _run_screen(args: argparse.Namespace) -> int:
         batch_atoms=args.batch_atoms, window=args.window, relax=args.relax, fmax=args.fmax,
         max_steps=args.max_steps, seed=args.seed, threads=args.threads,
     )
-    progress = {"auto": None, "bar": True, "log": None, "none": False}[args.progress]
-    if args.progress == "log":
-        progress = None if not sys.stderr.isatty() else False
     devices = args.devices.split(",") if args.devices else None
     try:
         stats = screen(args.inputs, args.out, spec, scheduler=args.scheduler,
                        workers=args.workers, devices=devices, shard_size=args.shard_size,
-                       progress=progress, rows_per_part=args.rows_per_part,
+                       progress=args.progress, rows_per_part=args.rows_per_part,
                        parse_workers=args.parse_workers)
     except KeyboardInterrupt:
         print(f"tensornet-fast screen: interrupted; {args.out} is valid, re-run the same "

@@ -377,3 +377,21 @@ def test_batches_respect_budget_and_sort_by_size():
 def test_same_input_twice_is_refused(library, tmp_path):
     with pytest.raises(ValueError, match="more than once"):
         screen([library[0][0], library[0][0]], str(tmp_path / "x.csv"), progress=False)
+
+
+def test_progress_log_lines_and_bar():
+    import io
+
+    from tensornet_fast.screening.runner import Progress
+
+    log = io.StringIO()
+    prog = Progress(1000, "auto", log_every=0.0, stream=log)  # not a terminal: log lines
+    prog.update([{"status": "ok"}] * 3 + [{"status": "error: x"}], 500)
+    prog.close()
+    line = log.getvalue()
+    assert "4 molecules (1 failed)" in line and "molecules/s" in line and "50.0% of input" in line
+    bar_out = io.StringIO()
+    bar = Progress(1000, "bar", stream=bar_out)
+    bar.update([{"status": "ok"}] * 2, 1000)
+    bar.close()
+    assert "100%" in bar_out.getvalue() and "mol_s" in bar_out.getvalue()

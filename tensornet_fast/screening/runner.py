@@ -103,11 +103,12 @@ def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
 
 # ---------------------------------------------------------------------------------- progress
 class Progress:
-    """A tqdm bar (bytes of input, so the ETA is right for a stream) on a terminal; plain log
-    lines every ``log_every`` seconds otherwise."""
+    """``mode``: "bar" (tqdm over the input's bytes, so the ETA holds for a stream, with
+    molecules/s), "log" (a plain line every ``log_every`` seconds), "none", or "auto" (bar on a
+    terminal, log lines otherwise). ``True``/``False``/``None`` mean bar/none/auto."""
 
-    def __init__(self, total_bytes: int, enabled: bool | None = None, log_every: float = 10.0,
-                 stream=None):
+    def __init__(self, total_bytes: int, mode: str | bool | None = "auto",
+                 log_every: float = 10.0, stream=None):
         self.stream = stream or sys.stderr
         self.total = max(total_bytes, 1)
         self.start = time.perf_counter()
@@ -116,14 +117,18 @@ class Progress:
         self._skipped_bytes = 0
         self.log_every = log_every
         self._last_log = self.start
-        tty = getattr(self.stream, "isatty", lambda: False)()
+        mode = {True: "bar", False: "none", None: "auto"}.get(mode, mode)
+        if mode not in ("auto", "bar", "log", "none"):
+            raise ValueError(f"progress mode {mode!r}: use auto, bar, log or none")
+        if mode == "auto":
+            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
         self.bar = None
-        if enabled if enabled is not None else tty:
+        if mode == "bar":
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=self.stream,
                             desc="screen", smoothing=0.1, dynamic_ncols=True)
-        self.quiet = enabled is False
+        self.quiet = mode == "none"
 
     def skip(self, nbytes: int) -> None:  # may be called from the reader thread
         self._skipped_bytes += nbytes
@@ -271,7 +276,7 @@ def screen(
     workers: int | None = None,
     devices: Sequence[str] | None = None,
     shard_size: int = 1024,
-    progress: bool | None = None,
+    progress: str | bool | None = "auto",
     rows_per_part: int = 100_000,
     parse_workers: int | None = None,
     on_write: Callable[[int], None] | None = None,
