@@ -296,6 +296,10 @@ def test_dask_cluster_interrupt_and_resume(library, reference, model, tmp_path):
         n_partial = len(read_results(out))
         assert 0 < n_partial < len(expected)
         stats = screen(paths, out, spec, scheduler=address, shard_size=6, progress=False)
+        with distributed.Client(address) as client:  # one long-lived model per worker
+            loads = client.run(lambda: __import__("tensornet_fast.screening.runner",
+                                                  fromlist=["_LOADS"])._LOADS[0])
+        assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads
     assert stats.mode.startswith("dask") and stats.n_existing == n_partial
     _check_rows(read_results(out), library, reference, model)
 
@@ -395,3 +399,24 @@ def test_progress_log_lines_and_bar():
     bar.update([{"status": "ok"}] * 2, 1000)
     bar.close()
     assert "100%" in bar_out.getvalue() and "mol_s" in bar_out.getvalue()
+
+
+def test_parquet_journal_survives_a_hard_kill(tmp_path):
+    """Rows only in the journal (process killed before a part was written) become a part on
+    reopening; rows both in a part and the journal (killed between the two) are not doubled."""
+    from tensornet_fast.screening.writer import ParquetSink
+
+    path = str(tmp_path / "k.parquet")
+    cols = ["id", "energy", "status"]
+    sink = ParquetSink(path, cols, rows_per_part=3)
+    sink.write([{"id": f"a.xyz:{k}", "energy": float(k), "status": "ok"} for k in range(4)])
+    sink.write([{"id": "a.xyz:4", "energy": 4.0, "status": "ok"}])
+    sink._journal.close()  # "killed": no close(); part 1 holds 0-3, the journal holds 4
+    with open(sink.journal_path, "a") as fh:  # and a torn line from the kill
+        fh.write("a.xyz:5,5.0")
+    sink._write_part([{"id": "a.xyz:4", "energy": 4.0, "status": "ok"}])  # killed after a part
+    again = ParquetSink(path, cols)
+    assert again.n_existing == 5
+    again.close()
+    rows = read_results(path)
+    assert sorted(r["id"] for r in rows) == [f"a.xyz:{k}" for k in range(5)]

@@ -45,6 +45,7 @@ class ScreenSpec:
 
 
 _MODELS: dict[tuple, torch.nn.Module] = {}
+_LOADS = [0]  # models loaded by this process (tests check: once per worker)
 
 
 def undo_malloc_trim() -> bool:
@@ -78,6 +79,7 @@ def get_model(spec: ScreenSpec) -> torch.nn.Module:
         overrides = {} if spec.precision is None else {"precision": spec.precision}
         model = load_model(spec.model, device=spec.device, backend=spec.backend, **overrides)
         _MODELS[key] = model
+        _LOADS[0] += 1
     return model
 
 
