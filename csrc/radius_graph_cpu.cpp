@@ -114,7 +114,7 @@ Result radius_graph_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
   at::Tensor box;
   if (periodic) {
     box = box_in->contiguous();
-    TORCH_CHECK(box.size(0) == n_mol, "box must hold one cell per molecule");
+    TORCH_CHECK(box.size(0) >= n_mol, "box must hold one cell per molecule");
   }
 
   const std::vector<int64_t> mbeg = molecule_begin(bat, N, n_mol);

@@ -196,7 +196,9 @@ def radius_graph_reference(
     edge_vec = pos[i] - pos[j]
     if boxes is not None:
         edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
-    edge_dist = safe_norm(edge_vec, i == j)
+    # Only the true self-loop (zero shift) has d = 0; periodic self-images (i, i, s != 0) are
+    # ordinary edges at the length of a lattice vector.
+    edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
     row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
     row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
     return NeighborList(torch.stack((i, j)), edge_vec, edge_dist, shifts, row_ptr)
