@@ -41,7 +41,9 @@ def water_system(n_atoms: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     centers = (grid[:n_mol] + 0.5) * (length / per_axis)
     centers += rng.normal(scale=0.1, size=centers.shape)
     angle = math.radians(104.52)
-    body = 0.9572 * np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [math.cos(angle), math.sin(angle), 0.0]])
+    body = 0.9572 * np.array(
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [math.cos(angle), math.sin(angle), 0.0]]
+    )
     q, r = np.linalg.qr(rng.normal(size=(n_mol, 3, 3)))
     q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]  # uniform random rotations
     pos = centers[:, None, :] + np.einsum("ka,mba->mkb", body, q)
@@ -146,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                                   max_seconds=5 if args.tiny else 60)
             peak = harness.peak_memory_mb(run, args.device)
             by_impl[name] = t["median_s"]
-            notes = [version, f"cutoff {CUTOFF} A", "peak_mem: growth of process max RSS (0 when not a new high)"]
+            notes = [
+                version,
+                f"cutoff {CUTOFF} A",
+                "peak_mem: growth of process max RSS (0 when not a new high)",
+            ]
             if name != "vesin" and "vesin" in by_impl:
                 notes.append(f"{by_impl['vesin'] / t['median_s']:.2f}x vesin")
             rows.append({

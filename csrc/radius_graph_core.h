@@ -197,7 +197,7 @@ struct Setup {
 // (5 bins)^3 of (c/2)^3 = 15.6 c^3 instead of 27 c^3 of candidates per receiver.
 inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, const double* hi,
                         const int64_t* counts, double cutoff, double cutoff_lower, double max_abs,
-                        int bins_per_cutoff = 1) {
+                        int bins_per_cutoff = 1, bool single_bin = false) {
   Setup st;
   st.grids.resize(static_cast<size_t>(n_mol));
   double max_row = 0.0;
@@ -252,6 +252,7 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
         while (static_cast<double>(g.n[0]) * g.n[1] * g.n[2] > cap) {
           for (int k = 0; k < 3; ++k) g.n[k] = std::max<int64_t>(1, (g.n[k] * 3) / 4);
         }
+        if (single_bin) g.n[0] = g.n[1] = g.n[2] = 1;  // brute force over all atoms and images
         for (int k = 0; k < 3; ++k) {
           // |frac_i - frac_j| < ce / spacing for a pair within ce, so bins differ by at most
           // ceil(n * ce / spacing); the relative 1e-12 absorbs rounding of the frac -> bin step.
@@ -271,6 +272,7 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
         while (static_cast<double>(g.n[0]) * g.n[1] * g.n[2] > cap) {
           for (int k = 0; k < 3; ++k) g.n[k] = std::max<int64_t>(1, (g.n[k] * 3) / 4);
         }
+        if (single_bin) g.n[0] = g.n[1] = g.n[2] = 1;
         for (int k = 0; k < 3; ++k) {
           // Bin width >= ce (1 + 1e-12): a pair within ce lies in the same or adjacent bins.
           const double w = std::max(ce, ext[k] / static_cast<double>(g.n[k])) * (1.0 + 1e-12);
