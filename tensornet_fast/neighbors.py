@@ -301,7 +301,7 @@ class _EdgeVec(torch.autograd.Function):
 
 
 class _EdgeDist(torch.autograd.Function):
-    """|edge_vec| with the extension's value; gradient vec / d, exactly 0 on self-loops."""
+    """|edge_vec| with the extension's value; gradient vec / d, exactly 0 where d = 0."""
 
     @staticmethod
     def forward(ctx, vec, dist, is_self):  # noqa: D102
@@ -327,8 +327,8 @@ def _attach_grad(
         return vec, dist
     edge_mol = batch[edge_index[0]] if boxes is not None and boxes.shape[0] > 1 else None
     edge_vec = _EdgeVec.apply(pos, boxes, vec, edge_index, shifts, edge_mol)
-    is_self = (edge_index[0] == edge_index[1]) & (dist == 0)
-    edge_dist = _EdgeDist.apply(edge_vec, dist, is_self)
+    # d = 0 only on self-loops and coincident atoms: their distance gradient is 0, never NaN.
+    edge_dist = _EdgeDist.apply(edge_vec, dist, dist == 0)
     return edge_vec, edge_dist
 
 
