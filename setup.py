@@ -24,7 +24,9 @@ def extensions():
         ext = cpp_extension.CUDAExtension(
             "tensornet_fast._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx + ["-DTNF_WITH_CUDA"], "nvcc": ["-O3"]},
+            # --fmad=false: the radius graph's exact fp64 membership test must round like the
+            # CPU build (no fused multiply-adds), so both devices give the same pair set.
+            extra_compile_args={"cxx": cxx + ["-DTNF_WITH_CUDA"], "nvcc": ["-O3", "--fmad=false"]},
             extra_link_args=["-fopenmp"],
         )
     else:

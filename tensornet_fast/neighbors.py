@@ -1,8 +1,14 @@
-"""Radius graph (neighbour list): the plain-PyTorch reference search.
+"""Radius graph (neighbour list): compiled cell-list search with a plain-PyTorch reference.
 
-Exact for any triclinic cell and any cutoff, including cutoffs larger than half the cell (every
-periodic image within the cutoff is a separate edge). Cost is O(N^2 * images) per call, in
-row chunks to bound memory; it is the reference the compiled cell-list search is tested against.
+Two searches with the same output:
+- ``backend="compiled"`` (the default whenever ``tensornet_fast._C`` imports): the O(N) cell-list
+  search of csrc/radius_graph_cpu.cpp (OpenMP) or csrc/radius_graph_cuda.cu, membership decided
+  by an exact float64 test on the original positions (see csrc/radius_graph_core.h);
+- ``backend="reference"``: a brute force in PyTorch, O(N^2 * images) per call in row chunks to
+  bound memory. It is what the compiled search is tested against, and the fallback without the
+  extension.
+Both are exact for any triclinic cell and any cutoff, including cutoffs larger than half the
+cell (every periodic image within the cutoff is a separate edge).
 
 Conventions (SPEC.md): edge e = (i, j), i = edge_index[0] receives, j = edge_index[1] sends,
 ``edge_vec = pos[i] - pos[j] + shift @ box``; both directions of every pair; pairs with
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -157,7 +164,7 @@ def _molecule_pairs(
     return i, j, total_shift
 
 
-def radius_graph_full(
+def radius_graph_reference(
     pos: Tensor,
     cutoff: float,
     batch: Tensor | None = None,
@@ -165,7 +172,7 @@ def radius_graph_full(
     loop: bool = False,
     cutoff_lower: float = 0.0,
 ) -> NeighborList:
-    """Reference radius graph returning the full :class:`NeighborList` (CSR pointer, shifts)."""
+    """Reference (brute-force PyTorch) radius graph returning the full :class:`NeighborList`."""
     batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
     n = pos.shape[0]
     ii, jj, ss = [], [], []
@@ -189,7 +196,8 @@ def radius_graph_full(
     edge_vec = pos.index_select(0, i) - pos.index_select(0, j)
     if boxes is not None:
         edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
-    # a self-loop is (i, i) with zero shift; (i, i) with a lattice shift is a periodic image
+    # Only the true self-loop (zero shift) has d = 0; periodic self-images (i, i, s != 0) are
+    # ordinary edges at the length of a lattice vector.
     edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
     row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
     row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
@@ -210,6 +218,153 @@ def safe_norm(vec: Tensor, is_self: Tensor) -> Tensor:
     return torch.where(is_self, torch.zeros_like(vec[:, 0]), safe.norm(dim=-1))
 
 
+# ----------------------------------------------------------------------------- compiled search
+_OPS = None  # torch.ops.tensornet_fast once the extension imported, False if it cannot
+_WARNED = False
+
+
+def compiled_available() -> bool:
+    """True when the compiled extension (tensornet_fast._C) is importable."""
+    global _OPS
+    if _OPS is None:
+        try:
+            from . import _C  # noqa: F401  (importing registers torch.ops.tensornet_fast.*)
+
+            _OPS = torch.ops.tensornet_fast
+        except (ImportError, OSError):
+            _OPS = False
+    return _OPS is not False
+
+
+def _compiled_device_ok(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        from . import _C
+
+        return bool(getattr(_C, "with_cuda", False))
+    return False
+
+
+def _device(pos) -> torch.device:
+    return pos.device if isinstance(pos, Tensor) else torch.device("cpu")
+
+
+def _resolve(backend: str | None, device: torch.device) -> str:
+    global _WARNED
+    if backend not in (None, "auto", "compiled", "reference"):
+        raise InputError(f"backend must be 'compiled', 'reference' or None, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    ok = compiled_available() and _compiled_device_ok(device)
+    if backend == "compiled" and not ok:
+        raise InputError(f"the compiled radius graph is not available for device {device}")
+    if not ok and not _WARNED:
+        _WARNED = True
+        warnings.warn(
+            f"tensornet_fast._C not available for {device}: using the O(N^2) reference radius "
+            "graph (build the extension with `python setup.py build_ext --inplace`)",
+            stacklevel=3,
+        )
+    return "compiled" if ok else "reference"
+
+
+class _EdgeVec(torch.autograd.Function):
+    """edge_vec = pos[i] - pos[j] + shifts @ box[mol(i)], whose value the extension already
+    computed (in float64, rounded once). Backward is a scatter of the incoming gradient, written
+    in differentiable torch ops, so double backward works; box gets sum_e shifts_e (x) g_e."""
+
+    @staticmethod
+    def forward(ctx, pos, boxes, vec, edge_index, shifts, edge_mol):  # noqa: D102
+        ctx.save_for_backward(edge_index, shifts, edge_mol)
+        ctx.n_atoms = pos.shape[0]
+        ctx.has_box = boxes is not None
+        ctx.n_mol = boxes.shape[0] if boxes is not None else 0
+        return vec
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        edge_index, shifts, edge_mol = ctx.saved_tensors
+        grad_pos = grad_box = None
+        if ctx.needs_input_grad[0]:
+            grad_pos = torch.zeros(ctx.n_atoms, 3, dtype=g.dtype, device=g.device)
+            grad_pos = grad_pos.index_add(0, edge_index[0], g)
+            grad_pos = grad_pos.index_add(0, edge_index[1], g, alpha=-1)
+        if ctx.has_box and ctx.needs_input_grad[1]:
+            if ctx.n_mol == 1:
+                grad_box = (shifts.t() @ g).unsqueeze(0)
+            else:
+                outer = shifts[:, :, None] * g[:, None, :]
+                grad_box = torch.zeros(ctx.n_mol, 3, 3, dtype=g.dtype, device=g.device)
+                grad_box = grad_box.index_add(0, edge_mol, outer)
+        return grad_pos, grad_box, None, None, None, None
+
+
+class _EdgeDist(torch.autograd.Function):
+    """|edge_vec| with the extension's value; gradient vec / d, exactly 0 where d = 0."""
+
+    @staticmethod
+    def forward(ctx, vec, dist, is_self):  # noqa: D102
+        ctx.save_for_backward(vec, is_self)
+        return dist
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        vec, is_self = ctx.saved_tensors
+        # Recomputing d here (instead of saving the output) keeps double backward exact.
+        d = safe_norm(vec, is_self)
+        d = torch.where(is_self, torch.ones_like(d), d)
+        grad = torch.where(is_self[:, None], torch.zeros_like(vec), vec * (g / d)[:, None])
+        return grad, None, None
+
+
+def _attach_grad(
+    pos: Tensor, boxes: Tensor | None, batch: Tensor, edge_index: Tensor, shifts: Tensor,
+    vec: Tensor, dist: Tensor,
+) -> tuple[Tensor, Tensor]:
+    needs = pos.requires_grad or (boxes is not None and boxes.requires_grad)
+    if not (needs and torch.is_grad_enabled()):
+        return vec, dist
+    edge_mol = batch[edge_index[0]] if boxes is not None and boxes.shape[0] > 1 else None
+    edge_vec = _EdgeVec.apply(pos, boxes, vec, edge_index, shifts, edge_mol)
+    # d = 0 only on self-loops and coincident atoms: their distance gradient is 0, never NaN.
+    edge_dist = _EdgeDist.apply(edge_vec, dist, dist == 0)
+    return edge_vec, edge_dist
+
+
+def _compiled(
+    pos: Tensor, cutoff: float, batch: Tensor, boxes: Tensor | None, loop: bool,
+    cutoff_lower: float,
+) -> NeighborList:
+    box64 = boxes.detach().double().contiguous() if boxes is not None else None
+    edge_index, shifts, vec, dist, row_ptr = _OPS.radius_graph(
+        pos.detach().contiguous(), batch.contiguous(), box64, float(cutoff), float(cutoff_lower),
+        bool(loop),
+    )
+    edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
+    return NeighborList(edge_index, edge_vec, edge_dist, shifts, row_ptr)
+
+
+def radius_graph_full(
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor | None = None,
+    box: Tensor | None = None,
+    loop: bool = False,
+    cutoff_lower: float = 0.0,
+    backend: str | None = None,
+) -> NeighborList:
+    """Radius graph returning the full :class:`NeighborList` (CSR row pointer, integer shifts).
+
+    ``backend``: None (compiled cell list when the extension is built, else the reference),
+    ``"compiled"`` or ``"reference"``. Both give the same edges in the same order.
+    """
+    if _resolve(backend, _device(pos)) == "reference":
+        return radius_graph_reference(pos, cutoff, batch, box, loop, cutoff_lower)
+    batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
+    return _compiled(pos, cutoff, batch, boxes, loop, cutoff_lower)
+
+
 def radius_graph(
     pos: Tensor,
     cutoff: float,
@@ -217,11 +372,108 @@ def radius_graph(
     box: Tensor | None = None,
     loop: bool = False,
     cutoff_lower: float = 0.0,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Neighbour pairs within ``cutoff``: ``(edge_index [2, E], edge_vec [E, 3], edge_dist [E])``.
 
     ``box`` is [3, 3] (rows a, b, c) or one cell per molecule [n_molecules, 3, 3]; any triclinic
     cell and any cutoff (several images of a pair are separate edges). ``batch`` must be sorted.
     """
-    nl = radius_graph_full(pos, cutoff, batch, box, loop, cutoff_lower)
+    nl = radius_graph_full(pos, cutoff, batch, box, loop, cutoff_lower, backend)
     return nl.edge_index, nl.edge_vec, nl.edge_dist
+
+
+# ------------------------------------------------------------------------------- Verlet list
+class VerletList:
+    """Neighbour list with a Verlet skin for MD.
+
+    ``update(pos, batch, box)`` returns exactly the pairs within ``[cutoff_lower, cutoff)`` (the
+    same edges, order and values as :func:`radius_graph_full`), filtering a candidate list built
+    with ``cutoff + skin``. The candidates are rebuilt when some atom moved more than skin / 2
+    since the last build (then no pair can have crossed from beyond cutoff + skin to inside
+    cutoff), or when the box, batch, atom count, dtype or device changed. ``rebuilds`` counts
+    the builds.
+    """
+
+    def __init__(
+        self, cutoff: float, skin: float, loop: bool = False, cutoff_lower: float = 0.0,
+        backend: str | None = None,
+    ):
+        if not (math.isfinite(skin) and skin >= 0):
+            raise InputError(f"skin must be a finite number >= 0, got {skin}")
+        if not math.isfinite(cutoff) or cutoff <= 0:
+            raise InputError(f"cutoff must be a positive finite number, got {cutoff}")
+        self.cutoff, self.skin, self.loop, self.cutoff_lower = cutoff, skin, loop, cutoff_lower
+        self.backend = backend
+        self.rebuilds = 0
+        self._ref_pos: Tensor | None = None
+        self._batch: Tensor | None = None
+        self._boxes: Tensor | None = None
+        self._cand: NeighborList | None = None
+
+    def _stale(self, pos: Tensor, batch: Tensor, boxes: Tensor | None) -> bool:
+        ref = self._ref_pos
+        if ref is None or (ref.shape, ref.dtype, ref.device) != (pos.shape, pos.dtype, pos.device):
+            return True
+        if not torch.equal(self._batch, batch):
+            return True
+        if (boxes is None) != (self._boxes is None):
+            return True
+        if boxes is not None and not torch.equal(boxes.detach(), self._boxes):
+            return True
+        if pos.shape[0] == 0:
+            return False
+        moved2 = float(((pos.detach() - ref) ** 2).sum(1).max())
+        # Rebuild slightly before skin / 2 (1e-9 relative) so rounding can never let a pair in.
+        half = 0.5 * self.skin * (1.0 - 1e-9)
+        return moved2 > half * half
+
+    def update(
+        self, pos: Tensor, batch: Tensor | None = None, box: Tensor | None = None
+    ) -> NeighborList:
+        backend = _resolve(self.backend, _device(pos))
+        batch, boxes = validate_graph_inputs(pos, self.cutoff, batch, box, self.cutoff_lower)
+        if self._stale(pos, batch, boxes):
+            lower = max(0.0, self.cutoff_lower - self.skin)
+            build = _compiled if backend == "compiled" else None
+            if build is not None:
+                cand = build(pos.detach(), self.cutoff + self.skin, batch, boxes, self.loop, lower)
+            else:
+                cand = radius_graph_reference(
+                    pos.detach(), self.cutoff + self.skin, batch, boxes, self.loop, lower
+                )
+            self._cand = cand
+            self._ref_pos = pos.detach().clone()
+            self._batch = batch.clone()
+            self._boxes = boxes.detach().clone() if boxes is not None else None
+            self.rebuilds += 1
+        cand = self._cand
+        if backend == "compiled":
+            box64 = boxes.detach().double().contiguous() if boxes is not None else None
+            edge_index, shifts, vec, dist, row_ptr = _OPS.filter_pairs(
+                pos.detach().contiguous(), batch.contiguous(), box64, cand.edge_index, cand.shifts,
+                float(self.cutoff), float(self.cutoff_lower), bool(self.loop),
+            )
+            edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
+            return NeighborList(edge_index, edge_vec, edge_dist, shifts, row_ptr)
+        return _filter_reference(pos, batch, boxes, cand, self.cutoff, self.cutoff_lower, self.loop)
+
+
+def _filter_reference(
+    pos: Tensor, batch: Tensor, boxes: Tensor | None, cand: NeighborList, cutoff: float,
+    cutoff_lower: float, loop: bool,
+) -> NeighborList:
+    i, j = cand.edge_index
+    shifts = cand.shifts
+    vec = pos[i] - pos[j]
+    if boxes is not None:
+        vec = vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
+    is_self = (i == j) & (shifts == 0).all(1)
+    d2 = (vec.detach() ** 2).sum(1)
+    inside = (d2 < cutoff**2) & (d2 >= cutoff_lower**2)
+    keep = torch.where(is_self, torch.full_like(is_self, loop), inside)
+    i, j, shifts, vec, is_self = i[keep], j[keep], shifts[keep], vec[keep], is_self[keep]
+    n = pos.shape[0]
+    row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
+    row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+    return NeighborList(torch.stack((i, j)), vec, safe_norm(vec, is_self), shifts, row_ptr)

@@ -1,0 +1,50 @@
+// Host launchers of the CUDA radius graph (radius_graph_cuda.cu). Raw device pointers and a
+// cudaStream_t passed as void*, so the torch-facing glue (radius_graph_cuda_glue.cpp) needs no
+// CUDA header and the .cu file needs no torch header.
+#pragma once
+
+#include <cstdint>
+
+#include "radius_graph_core.h"
+
+namespace tnf {
+namespace cuda {
+
+// Per atom: integer wrap, wrapped position, bin and global bin id.
+void locate(const Grid* grids, const double* pos, const int64_t* batch, int64_t n, double* wrap,
+            double* pw, int64_t* bins, int64_t* cell_of, void* stream);
+
+// Per receiver: number of edges (self-loop included when loop).
+void count(const Grid* grids, const int64_t* batch, const int64_t* bins, const double* pos,
+           const double* wrap, const int64_t* cell_start, const int64_t* cell_atom,
+           const double* cell_pos, const double* cell_x, const double* cell_wrap,
+           SearchParams params, KeyCodec codec, bool loop, int64_t n, int64_t* counts, void* stream);
+
+// Per receiver: the sorted keys of its row at keys[row_ptr[i] .. row_ptr[i + 1]).
+void fill(const Grid* grids, const int64_t* batch, const int64_t* bins, const double* pos,
+          const double* wrap, const int64_t* cell_start, const int64_t* cell_atom,
+          const double* cell_pos, const double* cell_x, const double* cell_wrap,
+          SearchParams params, KeyCodec codec, bool loop, int64_t n, const int64_t* row_ptr,
+          uint64_t* keys, void* stream);
+
+// Decode keys into edge_index [2, E], shifts / vec [E, 3] and dist [E] (float or double).
+template <typename scalar_t>
+void finalize(const Grid* grids, const int64_t* batch, const double* pos, const double* wrap,
+              KeyCodec codec, int64_t n, int64_t n_edges, const int64_t* row_ptr,
+              const uint64_t* keys, int64_t* edge_index, scalar_t* shifts, scalar_t* vec,
+              scalar_t* dist, void* stream);
+
+// Verlet filter: keep[e] = candidate e is an edge now (same test as the search).
+void filter_mark(const double* pos, const int64_t* batch, const double* boxes, const int64_t* ei,
+                 const double* shifts, int64_t n_cand, double cut2, double low2, bool loop,
+                 uint8_t* keep, void* stream);
+
+// Verlet filter, second pass: write the kept candidates sel[0 .. n_out) like finalize does.
+template <typename scalar_t>
+void filter_write(const double* pos, const int64_t* batch, const double* boxes, const int64_t* ei,
+                  const double* shifts, int64_t n_cand, const int64_t* sel, int64_t n_out,
+                  int64_t* edge_index, scalar_t* out_shifts, scalar_t* vec, scalar_t* dist,
+                  void* stream);
+
+}  // namespace cuda
+}  // namespace tnf

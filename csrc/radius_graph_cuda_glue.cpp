@@ -1,0 +1,173 @@
+// torch-facing glue of the CUDA radius graph: registers the CUDA kernels of
+// torch.ops.tensornet_fast.radius_graph / filter_pairs. Compiled only when setup.py builds with
+// CUDA (-DTNF_WITH_CUDA); scans, sorts and gathers use ATen ops on the GPU, the search kernels
+// are in radius_graph_cuda.cu. Same algorithm and output as the CPU path.
+#ifdef TNF_WITH_CUDA
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#include "radius_graph_cuda.h"
+
+namespace {
+
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Below this many atoms one bin per molecule (the brute force) beats binning: the search is a
+// few microseconds either way and the brute force skips the bin sort and its launches.
+constexpr int64_t kBruteForceAtoms = 1024;
+
+at::Tensor exclusive_row_ptr(const at::Tensor& counts) {
+  at::Tensor rp = at::zeros({counts.size(0) + 1}, counts.options());
+  if (counts.size(0)) rp.narrow(0, 1, counts.size(0)).copy_(at::cumsum(counts, 0));
+  return rp;
+}
+
+Result radius_graph_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                         const c10::optional<at::Tensor>& box_in, double cutoff,
+                         double cutoff_lower, bool loop) {
+  TORCH_CHECK(pos_in.is_cuda() && pos_in.dim() == 2 && pos_in.size(1) == 3, "pos must be CUDA [N, 3]");
+  c10::cuda::CUDAGuard guard(pos_in.device());
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int64_t N = pos_in.size(0);
+  const auto dtype = pos_in.scalar_type();
+  const auto dev = pos_in.device();
+  const at::Tensor pos = pos_in.to(at::kDouble).contiguous();
+  const at::Tensor batch = batch_in.to(at::kLong).contiguous();
+  const int64_t n_mol = N ? batch[N - 1].item<int64_t>() + 1 : 0;
+  const bool periodic = box_in.has_value();
+
+  // Host-side grid setup from per-molecule bounds (tiny transfers).
+  std::vector<int64_t> counts(static_cast<size_t>(n_mol), 0);
+  at::Tensor lo_h, hi_h, box_h;
+  double max_abs = 0.0;
+  if (N) {
+    at::Tensor cnt = at::bincount(batch, {}, n_mol).to(at::kCPU).contiguous();
+    for (int64_t m = 0; m < n_mol; ++m) counts[m] = cnt.data_ptr<int64_t>()[m];
+    at::Tensor idx = batch.unsqueeze(1).expand({N, 3});
+    at::Tensor lo = at::zeros({n_mol, 3}, pos.options()).scatter_reduce(0, idx, pos, "amin", false);
+    at::Tensor hi = at::zeros({n_mol, 3}, pos.options()).scatter_reduce(0, idx, pos, "amax", false);
+    lo_h = lo.to(at::kCPU).contiguous();
+    hi_h = hi.to(at::kCPU).contiguous();
+    max_abs = pos.abs().max().item<double>();
+  } else {
+    lo_h = hi_h = at::zeros({0, 3}, at::kDouble);
+  }
+  if (periodic) box_h = box_in->to(at::kCPU, at::kDouble).contiguous();
+  tnf::Setup st;
+  try {
+    st = tnf::make_setup(n_mol, periodic ? box_h.data_ptr<double>() : nullptr,
+                         lo_h.data_ptr<double>(), hi_h.data_ptr<double>(), counts.data(), cutoff,
+                         cutoff_lower, max_abs, 1, N <= kBruteForceAtoms);
+  } catch (const std::invalid_argument& err) {
+    TORCH_CHECK_VALUE(false, err.what());
+  }
+  TORCH_CHECK_VALUE(static_cast<double>(N + 1) * static_cast<double>(st.codec.K) < 1.8e19,
+                    "cutoff spans too many periodic images for the 64-bit edge keys");
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(dev);
+  at::Tensor grids_h = at::empty({static_cast<int64_t>(st.grids.size() * sizeof(tnf::Grid))}, at::kByte);
+  if (!st.grids.empty())
+    std::memcpy(grids_h.data_ptr(), st.grids.data(), st.grids.size() * sizeof(tnf::Grid));
+  const at::Tensor grids_d = grids_h.to(dev);
+  const auto* grids = reinterpret_cast<const tnf::Grid*>(grids_d.data_ptr());
+
+  at::Tensor wrap = at::empty({N, 3}, f64), pw = at::empty({N, 3}, f64);
+  at::Tensor bins = at::empty({N, 3}, i64), cell_of = at::empty({N}, i64);
+  tnf::cuda::locate(grids, pos.data_ptr<double>(), batch.data_ptr<int64_t>(), N,
+                    wrap.data_ptr<double>(), pw.data_ptr<double>(), bins.data_ptr<int64_t>(),
+                    cell_of.data_ptr<int64_t>(), stream);
+  const at::Tensor cell_start = exclusive_row_ptr(at::bincount(cell_of, {}, st.n_cells));
+  const at::Tensor cell_atom = at::argsort(cell_of, /*stable=*/true);
+  const at::Tensor cell_pos = pw.index_select(0, cell_atom).contiguous();
+  const at::Tensor cell_x = pos.index_select(0, cell_atom).contiguous();
+  const at::Tensor cell_wrap = wrap.index_select(0, cell_atom).contiguous();
+
+  at::Tensor counts_d = at::empty({N}, i64);
+  tnf::cuda::count(grids, batch.data_ptr<int64_t>(), bins.data_ptr<int64_t>(),
+                   pos.data_ptr<double>(), wrap.data_ptr<double>(), cell_start.data_ptr<int64_t>(),
+                   cell_atom.data_ptr<int64_t>(), cell_pos.data_ptr<double>(),
+                   cell_x.data_ptr<double>(), cell_wrap.data_ptr<double>(), st.params, st.codec,
+                   loop, N, counts_d.data_ptr<int64_t>(), stream);
+  const at::Tensor row_ptr = exclusive_row_ptr(counts_d);
+  const int64_t E = row_ptr[N].item<int64_t>();
+  at::Tensor keys = at::empty({E}, i64);
+  tnf::cuda::fill(grids, batch.data_ptr<int64_t>(), bins.data_ptr<int64_t>(),
+                  pos.data_ptr<double>(), wrap.data_ptr<double>(), cell_start.data_ptr<int64_t>(),
+                  cell_atom.data_ptr<int64_t>(), cell_pos.data_ptr<double>(),
+                  cell_x.data_ptr<double>(), cell_wrap.data_ptr<double>(), st.params, st.codec,
+                  loop, N, row_ptr.data_ptr<int64_t>(),
+                  reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()), stream);
+  const auto fo = at::TensorOptions().dtype(dtype).device(dev);
+  at::Tensor edge_index = at::empty({2, E}, i64);
+  at::Tensor shifts = at::empty({E, 3}, fo), vec = at::empty({E, 3}, fo), dist = at::empty({E}, fo);
+  const auto* kp = reinterpret_cast<const uint64_t*>(keys.data_ptr<int64_t>());
+  if (dtype == at::kFloat)
+    tnf::cuda::finalize<float>(grids, batch.data_ptr<int64_t>(), pos.data_ptr<double>(),
+                               wrap.data_ptr<double>(), st.codec, N, E, row_ptr.data_ptr<int64_t>(),
+                               kp, edge_index.data_ptr<int64_t>(), shifts.data_ptr<float>(),
+                               vec.data_ptr<float>(), dist.data_ptr<float>(), stream);
+  else
+    tnf::cuda::finalize<double>(grids, batch.data_ptr<int64_t>(), pos.data_ptr<double>(),
+                                wrap.data_ptr<double>(), st.codec, N, E, row_ptr.data_ptr<int64_t>(),
+                                kp, edge_index.data_ptr<int64_t>(), shifts.data_ptr<double>(),
+                                vec.data_ptr<double>(), dist.data_ptr<double>(), stream);
+  return {edge_index, shifts, vec, dist, row_ptr};
+}
+
+Result filter_pairs_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                         const c10::optional<at::Tensor>& box_in, const at::Tensor& edge_index_in,
+                         const at::Tensor& shifts_in, double cutoff, double cutoff_lower, bool loop) {
+  c10::cuda::CUDAGuard guard(pos_in.device());
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int64_t N = pos_in.size(0);
+  const auto dtype = pos_in.scalar_type();
+  const at::Tensor pos = pos_in.to(at::kDouble).contiguous();
+  const at::Tensor batch = batch_in.to(at::kLong).contiguous();
+  const at::Tensor cand = edge_index_in.to(at::kLong).contiguous();
+  const at::Tensor cshift = shifts_in.to(at::kDouble).contiguous();
+  const bool periodic = box_in.has_value();
+  const at::Tensor box = periodic ? box_in->to(at::kDouble).contiguous() : at::Tensor();
+  const int64_t C = cand.size(1);
+  at::Tensor keep = at::empty({C}, pos.options().dtype(at::kByte));
+  tnf::cuda::filter_mark(pos.data_ptr<double>(), batch.data_ptr<int64_t>(),
+                         periodic ? box.data_ptr<double>() : nullptr, cand.data_ptr<int64_t>(),
+                         cshift.data_ptr<double>(), C, cutoff * cutoff, cutoff_lower * cutoff_lower,
+                         loop, keep.data_ptr<uint8_t>(), stream);
+  const at::Tensor sel = at::nonzero(keep).flatten().contiguous();
+  const int64_t E = sel.size(0);
+  const auto fo = pos_in.options().dtype(dtype);
+  at::Tensor edge_index = at::empty({2, E}, cand.options());
+  at::Tensor shifts = at::empty({E, 3}, fo), vec = at::empty({E, 3}, fo), dist = at::empty({E}, fo);
+  const double* bx = periodic ? box.data_ptr<double>() : nullptr;
+  if (dtype == at::kFloat)
+    tnf::cuda::filter_write<float>(pos.data_ptr<double>(), batch.data_ptr<int64_t>(), bx,
+                                   cand.data_ptr<int64_t>(), cshift.data_ptr<double>(), C,
+                                   sel.data_ptr<int64_t>(), E, edge_index.data_ptr<int64_t>(),
+                                   shifts.data_ptr<float>(), vec.data_ptr<float>(),
+                                   dist.data_ptr<float>(), stream);
+  else
+    tnf::cuda::filter_write<double>(pos.data_ptr<double>(), batch.data_ptr<int64_t>(), bx,
+                                    cand.data_ptr<int64_t>(), cshift.data_ptr<double>(), C,
+                                    sel.data_ptr<int64_t>(), E, edge_index.data_ptr<int64_t>(),
+                                    shifts.data_ptr<double>(), vec.data_ptr<double>(),
+                                    dist.data_ptr<double>(), stream);
+  const at::Tensor row_ptr = exclusive_row_ptr(at::bincount(edge_index[0], {}, N));
+  return {edge_index, shifts, vec, dist, row_ptr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tensornet_fast, CUDA, m) {
+  m.impl("radius_graph", &radius_graph_cuda);
+  m.impl("filter_pairs", &filter_pairs_cuda);
+}
+
+#endif  // TNF_WITH_CUDA
