@@ -33,7 +33,10 @@ COLUMNS = [
 def git_sha() -> str:
     try:
         return subprocess.check_output(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, stderr=subprocess.DEVNULL, text=True
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=HERE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         ).strip()
     except Exception:
         return "unknown"
