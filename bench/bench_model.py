@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = harness.environment(args.device)
     rows, skips = [], []
+    # Case-major order (every implementation on case 1, then case 2, ...): on a shared machine
+    # the load drifts, and interleaving keeps the ratios between implementations fair.
+    jobs = []
     for impl in impls:
         todo = []
         for c in cases:
@@ -256,41 +259,45 @@ def main(argv: list[str] | None = None) -> int:
                 skips.append(f"{impl} {c['system']} {c['tag']}: above --max-atoms {cap}")
             else:
                 todo.append(c)
-        groups = [[c] for c in todo] if isolate == "case" else ([todo] if todo else [])
-        for group in groups:
-            job = {"impl": impl, "device": args.device,
-                   "cases": [{k: v for k, v in c.items() if k != "model"} for c in group]}
-            t0 = time.perf_counter()
-            results = _spawn(job, args.timeout)
-            for c, res in zip(group, results):
-                label = f"{impl} {c['system']} {c['tag']}"
-                if "error" in res:
-                    skips.append(f"{label}: {res['error']}")
-                    print(f"SKIP {label}: {res['error']}", file=sys.stderr)
-                    continue
-                F, K, L, rc = c["model"]
-                work = roofline.model_work(F, K, L, c["edges"] / c["atoms"])
-                med = res["median_s"]
-                family, backend = impl.split(":")
-                notes = [f"model={c['tag']}", f"scenario={c['scenario']}",
-                         f"isolate={isolate}", res.get("notes", "")]
-                if args.tiny:
-                    notes.append("tiny=1")
-                rows.append({
-                    **env, "threads": res["threads"], "benchmark": "model",
-                    "implementation": family, "backend": backend, "mode": "exact",
-                    "dtype": "float32", "system": c["system"], "atoms": c["atoms"],
-                    "edges": c["edges"], "batch": c["molecules"],
-                    **{k: res[k] for k in ("warmup_s", "median_s", "p20_s", "p80_s", "repeats")},
-                    "ns_per_atom": med / c["atoms"] * 1e9, "peak_mem_mb": res["peak_mem_mb"],
-                    "gflops": work.flops * c["atoms"] / med / 1e9,
-                    "gbps": work.min_bytes * c["atoms"] / med / 1e9,
-                    "notes": ";".join(n for n in notes if n),
-                })
-                print(f"{label}: median {med * 1e3:.2f} ms, {rows[-1]['ns_per_atom']:.0f} "
-                      f"ns/atom, warm-up {res['warmup_s']:.2f} s, peak +{res['peak_mem_mb']:.0f} "
-                      f"MB ({time.perf_counter() - t0:.0f} s wall)", file=sys.stderr)
-    harness.append_rows(rows, args.csv)
+        if isolate == "case":
+            jobs += [(c["id"], impl, [c]) for c in todo]
+        elif todo:
+            jobs.append((0, impl, todo))
+    jobs.sort(key=lambda j: j[0])  # stable: keeps the implementation order within a case
+    for _, impl, group in jobs:
+        job = {"impl": impl, "device": args.device,
+               "cases": [{k: v for k, v in c.items() if k != "model"} for c in group]}
+        t0 = time.perf_counter()
+        results = _spawn(job, args.timeout)
+        for c, res in zip(group, results):
+            label = f"{impl} {c['system']} {c['tag']}"
+            if "error" in res:
+                skips.append(f"{label}: {res['error']}")
+                print(f"SKIP {label}: {res['error']}", file=sys.stderr)
+                continue
+            F, K, L, rc = c["model"]
+            work = roofline.model_work(F, K, L, c["edges"] / c["atoms"])
+            med = res["median_s"]
+            family, backend = impl.split(":")
+            notes = [f"model={c['tag']}", f"scenario={c['scenario']}",
+                     f"isolate={isolate}", res.get("notes", "")]
+            if args.tiny:
+                notes.append("tiny=1")
+            rows.append({
+                **env, "threads": res["threads"], "benchmark": "model",
+                "implementation": family, "backend": backend, "mode": "exact",
+                "dtype": "float32", "system": c["system"], "atoms": c["atoms"],
+                "edges": c["edges"], "batch": c["molecules"],
+                **{k: res[k] for k in ("warmup_s", "median_s", "p20_s", "p80_s", "repeats")},
+                "ns_per_atom": med / c["atoms"] * 1e9, "peak_mem_mb": res["peak_mem_mb"],
+                "gflops": work.flops * c["atoms"] / med / 1e9,
+                "gbps": work.min_bytes * c["atoms"] / med / 1e9,
+                "notes": ";".join(n for n in notes if n),
+            })
+            harness.append_rows(rows[-1:], args.csv)  # row by row: a killed sweep keeps its rows
+            print(f"{label}: median {med * 1e3:.2f} ms, {rows[-1]['ns_per_atom']:.0f} "
+                  f"ns/atom, warm-up {res['warmup_s']:.2f} s, peak +{res['peak_mem_mb']:.0f} "
+                  f"MB ({time.perf_counter() - t0:.0f} s wall)", file=sys.stderr)
     if skips and args.out_dir:
         with open(os.path.join(args.out_dir, "skipped.txt"), "a") as fh:
             fh.write("".join(s + "\n" for s in skips))

@@ -36,6 +36,8 @@ def load_sweep(path: str) -> list[dict]:
             data = tomllib.load(fh)
     runs = data.get("run", [])
     for r in runs:
+        r.setdefault("threads", data.get("threads"))
+    for r in runs:
         if "script" not in r:
             raise ValueError(f"{path}: every [[run]] needs a 'script' (got {r})")
         r.setdefault("args", [])
@@ -63,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None,
                    help="folder for CSV, PNG and markdown (default: bench/results)")
     p.add_argument("--only", default=None, help="comma list of script names to run from the sweep")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every run and worker (default: the sweep's 'threads', "
+                   "else torch's default); sets OMP_NUM_THREADS for the worker processes")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--list", action="store_true", help="list the bench scripts and exit")
 
@@ -75,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(out_dir, exist_ok=True)
     csv = os.path.abspath(args.csv or os.path.join(out_dir, "results.csv"))
     runs = load_sweep(args.sweep)
+    threads = args.threads or (runs[0]["threads"] if runs else None)
+    if threads:
+        # Oversubscribed OpenMP threads spin at barriers: on a shared machine 2 threads can be
+        # 50x slower than 1. Set it for this process and every worker it starts.
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     only = set(args.only.split(",")) if args.only else None
     failures = 0
     for k, r in enumerate(runs):
