@@ -158,11 +158,11 @@ def _spawn(job: dict, timeout: float) -> list[dict]:
 
 
 def _graph_stats(system: systems.System, cutoff: float) -> tuple[int, int]:
-    """(directed edges incl. self-loops, max in-degree): vesin's cell list for large periodic
-    boxes when installed (O(N)), else our reference radius graph (O(N^2) per molecule)."""
+    """(directed edges incl. self-loops, max in-degree): vesin's cell list for periodic boxes
+    when installed (O(N); it agrees with ours), else our reference radius graph (O(N^2))."""
     from tensornet_fast.neighbors import radius_graph_full
 
-    if system.box is not None and system.atoms > 5000:
+    if system.box is not None:
         try:
             import vesin
 

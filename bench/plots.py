@@ -15,6 +15,7 @@ several (default: the device of the newest model row).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections import defaultdict
@@ -231,6 +232,14 @@ def headline(rows: list[dict], device: str) -> str:
             f"| {model} | {system} | {atoms} | {int(o['edges']) / atoms:.1f} | {ours} "
             f"| {float(o['median_s']) * 1e3:.1f} | " + " | ".join(cells) + " |"
         )
+    lines.append("")
+    for peer in ("torchmd-net default (Warp)", "torchmd-net pure PyTorch"):
+        for ours in sorted({s["ours"] for s in sp}):
+            rs = [s["ratio"] for s in sp if s["peer"] == peer and s["ours"] == ours]
+            if rs:
+                gm = math.exp(sum(math.log(r) for r in rs) / len(rs))
+                lines.append(f"- {ours} vs {peer}: geometric mean {gm:.2f}x over {len(rs)} cases "
+                             f"(range {min(rs):.2f}x to {max(rs):.2f}x).")
     return "\n".join(lines) + "\n"
 
 
@@ -256,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     if table:
         with open(os.path.join(out, "HEADLINE.md"), "w") as fh:
             fh.write("# Headline: tensornet_fast vs torchmd-net 3.1\n\n" + table +
-                     "\nRegenerate: `python -m bench.plots` (from bench/results/results.csv); "
-                     "reproduce the rows: see bench/README.md.\n")
+                     "\nPlots: time_per_atom.png, speedup.png, stages.png (same folder). "
+                     "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
+                     "and read where the sweep stops and why: bench/README.md.\n")
         made.append("HEADLINE.md")
     print(f"{device}: wrote {', '.join(made) or 'nothing'} in {out}", file=sys.stderr)
     return 0
