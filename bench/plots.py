@@ -134,8 +134,12 @@ def plot_speedup(rows: list[dict], device: str, path: str) -> bool:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([f"{s}\n{m}" for m, _, s in cases], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("speed-up (peer time / our time), > 1 = we are faster")
+    ax.set_ylabel("peer time / our time (> 1: ours faster)")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.legend(fontsize=8)
     ax.set_title(f"Speed-up over torchmd-net 3.1 — {device}", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
