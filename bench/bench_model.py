@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
+import importlib.util
 import json
 import os
 import resource
@@ -41,7 +42,15 @@ PEERS = ("torchmd-net:default", "torchmd-net:pure")
 def default_implementations() -> list[str]:
     from tensornet_fast import available_backends
 
-    return [f"tensornet_fast:{b}" for b in available_backends()] + list(PEERS)
+    ours = [f"tensornet_fast:{b}" for b in available_backends()]
+    peers = []
+    if importlib.util.find_spec("torchmdnet") is not None:
+        # torchmd-net's default path IS its Warp path when warp-lang is installed; without warp
+        # its default falls back to the pure functions, which would be the same peer twice.
+        if importlib.util.find_spec("warp") is not None:
+            peers.append("torchmd-net:default")
+        peers.append("torchmd-net:pure")
+    return ours + peers
 
 
 def make_checkpoints(models: list[tuple[int, int, int, float]], folder: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ fi
 sha=$(git rev-parse --short=10 HEAD 2>/dev/null || echo nogit)
 name=${1:-gpu-$(date -u +%Y%m%dT%H%M%SZ)-$sha}
 out=$root/bench/results/$name
-mkdir -p "$out"
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 
 "$PY" - <<'PYEOF'
@@ -30,6 +29,7 @@ for mod in ("triton", "torchmdnet", "warp"):
     except Exception as exc:
         print(f"{mod}: NOT importable ({exc})")
 PYEOF
+mkdir -p "$out"
 
 tests_rc=0
 if [ "${FULL:-0}" = 1 ]; then marker=(); else marker=(-m gpu); fi
