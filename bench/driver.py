@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from bench import plots
 
-        plots.main(["--csv", csv, "--out-dir", out_dir])
+        plots.main(["--csv", csv, "--out-dir", out_dir] + (["--include-tiny"] if args.tiny else []))
     print(f"results: {out_dir}", file=sys.stderr)
     return 1 if failures else 0
 
