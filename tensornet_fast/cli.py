@@ -180,6 +180,32 @@ def _run_screen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_driver():
+    """bench/ ships with the source tree, not the wheel: import it from the checkout."""
+    try:
+        from bench import driver
+    except ImportError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "bench", "driver.py")):
+            return None
+        sys.path.insert(0, root)
+        from bench import driver
+    return driver
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    driver = _bench_driver()
+    if driver is not None:
+        driver.add_arguments(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    driver = _bench_driver()
+    if driver is None:
+        raise SystemExit("tensornet-fast bench needs a source checkout (bench/ is not installed)")
+    return driver.run(args)
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "energies": (
         "energies and forces of every structure in the input files (CSV)",
@@ -196,6 +222,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "batched, resumable, scales out with Dask",
         _add_screen_args,
         _run_screen,
+    ),
+    "bench": (
+        "run a benchmark sweep (bench/sweeps/*.toml): CSV rows, plots, roofline",
+        _add_bench_args,
+        _run_bench,
     ),
 }
 
