@@ -1,21 +1,18 @@
-"""Regenerate the bundled quick-start files in tensornet_fast/data/:
-- default.ckpt: a random-weight TensorNet (F=32, 2 layers, K=16, r_c=5 A) written by torchmd-net
-  through the tests' generator (tests/oracle.py). It has no physical meaning; it stands in until
-  a trained model ships.
-- molecules.xyz: 12 molecules of ASE's g2 set.
+"""Regenerate the bundled quick-start molecules, tensornet_fast/data/molecules.xyz: 12 molecules of
+ASE's g2 set (elements H C N O S Cl, all covered by the default model).
+
+The default model itself, tensornet_fast/data/default.ckpt, is a trained TensorNet and is NOT
+written here: it comes from training/ (generate_data.py -> train.py -> evaluate.py); see
+tensornet_fast/data/MODEL_CARD.md for how to reproduce it.
 Run: .venv/bin/python scripts/make_default_inputs.py
 """
 
 import os
-import sys
+
+from ase.build import molecule
+from ase.io import write
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(root, "tests"))
-
-from ase.build import molecule  # noqa: E402
-from ase.io import write  # noqa: E402
-from oracle import make_checkpoint  # noqa: E402
-
 DATA = os.path.join(root, "tensornet_fast", "data")
 NAMES = [
     "H2O",
@@ -33,14 +30,5 @@ NAMES = [
 ]
 
 if __name__ == "__main__":
-    make_checkpoint(
-        os.path.join(DATA, "default.ckpt"),
-        seed=2026,
-        embedding_dimension=32,
-        num_layers=2,
-        num_rbf=16,
-        cutoff_upper=5.0,
-        max_z=20,
-    )
     write(os.path.join(DATA, "molecules.xyz"), [molecule(n) for n in NAMES], format="extxyz")
-    print("wrote", os.listdir(DATA))
+    print("wrote", os.path.join(DATA, "molecules.xyz"))
