@@ -341,8 +341,25 @@ def _compiled(
         pos.detach().contiguous(), batch.contiguous(), box64, float(cutoff), float(cutoff_lower),
         bool(loop),
     )
-    edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
+    edge_vec, edge_dist = _edge_tensors(pos, boxes, batch, edge_index, shifts, vec, dist)
     return NeighborList(edge_index, edge_vec, edge_dist, shifts, row_ptr)
+
+
+def _edge_tensors(
+    pos: Tensor, boxes: Tensor | None, batch: Tensor, edge_index: Tensor, shifts: Tensor,
+    vec: Tensor, dist: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Autograd-ready (edge_vec, edge_dist) from the extension's output."""
+    edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
+    if pos.dtype != torch.float64:
+        # The vectors are float64 results rounded once (for open boundaries that is bitwise
+        # pos[i] - pos[j] in float32; with a box it avoids float32 cancellation for atoms far
+        # outside the cell). The distance is taken in float32 from them, as torchmd-net does:
+        # its sqrt in float64 differs by 1 ulp, which a 3-layer model amplifies to ~2e-6
+        # relative in the energy, beyond the parity tolerance.
+        i, j = edge_index
+        edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
+    return edge_vec, edge_dist
 
 
 def radius_graph_full(
@@ -454,7 +471,7 @@ class VerletList:
                 pos.detach().contiguous(), batch.contiguous(), box64, cand.edge_index, cand.shifts,
                 float(self.cutoff), float(self.cutoff_lower), bool(self.loop),
             )
-            edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
+            edge_vec, edge_dist = _edge_tensors(pos, boxes, batch, edge_index, shifts, vec, dist)
             return NeighborList(edge_index, edge_vec, edge_dist, shifts, row_ptr)
         return _filter_reference(pos, batch, boxes, cand, self.cutoff, self.cutoff_lower, self.loop)
 
