@@ -146,6 +146,11 @@ class ExactFilter:
         idx = self.inverse[e0:e1]
         return self.table[idx], (self.dtable[idx] if deriv else None)
 
+    def kernel_args(self, deriv: bool) -> tuple:
+        """(tab [U, 1, 3F], dtab or None, idx [E], s None, inv_h) for csrc/cpu_tensornet.cpp."""
+        dtab = self.dtable[:, None, :].contiguous() if deriv else None
+        return self.table[:, None, :].contiguous(), dtab, self.inverse.contiguous(), None, 0.0
+
 
 class Spline:
     """Cubic Hermite spline of a vector function of d on [lo, hi]: power-form coefficients
@@ -190,6 +195,14 @@ class TabulatedFilter:
     def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
         return self.spline.evaluate(self.d[e0:e1], deriv)
 
+    def kernel_args(self, deriv: bool) -> tuple:
+        """(coef [n, 4, 3F], None, interval [E] (-1: zero filter), s [E], 1/h)."""
+        sp = self.spline
+        k, s = sp.locate(self.d)
+        if sp.zero_below:
+            k = torch.where(self.d >= sp.lo, k, torch.full_like(k, -1))
+        return sp.coef, None, k.contiguous(), s.contiguous(), 1.0 / sp.h
+
 
 def build_splines(model, intervals: int = TABLE_INTERVALS) -> list[Spline]:
     """One spline per radial filter (embedding first, then each layer), built in float64 from a
@@ -216,6 +229,13 @@ class Graph:
         safe = torch.where(self.not_self > 0, self.d, torch.ones_like(self.d))
         self.rhat = (nl.edge_vec.detach() / safe[:, None] * self.not_self[:, None]).contiguous()
         self.safe_d = safe
+        self._geo: Tensor | None = None
+
+    def geometry(self) -> Tensor:
+        """[E, 9] embedding geometry factors, computed once per graph."""
+        if self._geo is None:
+            self._geo = _embedding_geometry(self.rhat).contiguous()
+        return self._geo
 
     def edge_vec_grad(self, gd: Tensor, grhat: Tensor | None) -> Tensor:
         """dE/d(edge_vec) [E, 3] from dE/dd [E] and dE/d(rhat) [E, 3]; 0 on self-loops."""
@@ -312,23 +332,36 @@ def embedding_backward(
         geo = _embedding_geometry(r)  # [c, 9]
         gd[e0:e1] = ((_expand(fp) * z * gri).sum(2) * geo).sum(1)
         per_comp = (_expand(f) * z * gri).sum(2)  # [c, 9]: dE/d(geometry)
-        grad = _S2 * per_comp[:, 1:4]
-        grad = grad + torch.einsum("cm,cmk->ck", per_comp[:, 4:], _s_jacobian(r))
-        grh[e0:e1] = grad
+        grh[e0:e1] = _grad_rhat(per_comp, r)
     return gd, grh
 
 
 # ----------------------------------------------------------------------------- C++ dispatch
-def _ext():
-    """The compiled edge kernels (csrc/cpu_tensornet.cpp) or None (torch path)."""
-    try:
-        from . import _C  # noqa: F401
+USE_EXTENSION = True  # False forces the chunked torch path (tests compare the two)
+_OPS: list = []
 
-        if hasattr(torch.ops.tensornet_fast, "cpu_message_fwd"):
-            return torch.ops.tensornet_fast
-    except ImportError:
-        pass
-    return None
+
+def _ext():
+    """torch.ops.tensornet_fast with the compiled edge kernels (csrc/cpu_tensornet.cpp) when
+    the extension is built, else None (the torch path above, same numbers, slower)."""
+    if not USE_EXTENSION:
+        return None
+    if not _OPS:
+        ops = None
+        try:
+            from . import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
+
+            if hasattr(torch.ops.tensornet_fast, "cpu_message_fwd"):
+                ops = torch.ops.tensornet_fast
+        except ImportError:
+            pass
+        _OPS.append(ops)
+    return _OPS[0]
+
+
+def _grad_rhat(ggeo: Tensor, rhat: Tensor) -> Tensor:
+    """dE/d(rhat) [E, 3] from dE/d(geometry factors) [E, 9] (see _embedding_geometry)."""
+    return _S2 * ggeo[:, 1:4] + torch.einsum("cm,cmk->ck", ggeo[:, 4:], _s_jacobian(rhat))
 
 
 # ----------------------------------------------------------------------------- autograd glue
@@ -336,14 +369,27 @@ class _MessagePass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, edge_vec, y, g, filt):
         ctx.g, ctx.filt = g, filt
+        y = y.contiguous()
         ctx.save_for_backward(y)
-        return message_forward(y, g, filt)
+        ops = _ext()
+        if ops is None:
+            return message_forward(y, g, filt)
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        return ops.cpu_message_fwd(g.row_ptr, g.j, y, tab, idx, s, inv_h)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gm):
         (y,) = ctx.saved_tensors
-        gd, gy = message_backward(y, gm.contiguous(), ctx.g, ctx.filt, ctx.needs_input_grad[1])
+        ops, need_y = _ext(), ctx.needs_input_grad[1]
+        if ops is None:
+            gd, gy = message_backward(y, gm.contiguous(), ctx.g, ctx.filt, need_y)
+        else:
+            tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+            gd, gy = ops.cpu_message_bwd(
+                ctx.g.row_ptr, ctx.g.j, y, gm.contiguous(), tab, dtab, idx, s, inv_h, need_y
+            )
+            gy = gy if need_y else None
         gv = ctx.g.edge_vec_grad(gd, None) if ctx.needs_input_grad[0] else None
         return gv, gy, None, None
 
@@ -352,12 +398,25 @@ class _EmbeddingPass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, edge_vec, g, filt, ztab, pair):
         ctx.g, ctx.filt, ctx.ztab, ctx.pair = g, filt, ztab, pair
-        return embedding_forward(g, filt, ztab, pair)
+        ops = _ext()
+        if ops is None:
+            return embedding_forward(g, filt, ztab, pair)
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        return ops.cpu_embed_fwd(g.row_ptr, g.geometry(), ztab, pair, tab, idx, s, inv_h)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gr):
-        gd, grh = embedding_backward(gr.contiguous(), ctx.g, ctx.filt, ctx.ztab, ctx.pair)
+        ops, g = _ext(), ctx.g
+        if ops is None:
+            gd, grh = embedding_backward(gr.contiguous(), g, ctx.filt, ctx.ztab, ctx.pair)
+        else:
+            tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+            gd, ggeo = ops.cpu_embed_bwd(
+                g.row_ptr, g.geometry(), ctx.ztab, ctx.pair, gr.contiguous(), tab, dtab, idx,
+                s, inv_h,
+            )
+            grh = _grad_rhat(ggeo, g.rhat)
         return ctx.g.edge_vec_grad(gd, grh), None, None, None, None
 
 
@@ -393,8 +452,9 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     emb = rep.tensor_embedding
 
     ztab, zidx, n_species = _pair_table(emb, z)
+    ztab = ztab.detach().contiguous()
     pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
-    raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab.detach(), pair)  # [N, 9, F]
+    raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
     norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
     for lin in emb.linears_scalar:
         norm = act(F.linear(norm, lin.weight, lin.bias))
