@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
 from .config import ModelConfig
 from .ops.radial import ACTIVATION_FUNCTIONS, cosine_cutoff
@@ -367,6 +368,7 @@ def _grad_rhat(ggeo: Tensor, rhat: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- autograd glue
 class _MessagePass(torch.autograd.Function):
     @staticmethod
+    @record_function("tnf.cpu.message_fwd")
     def forward(ctx, edge_vec, y, g, filt):
         ctx.g, ctx.filt = g, filt
         y = y.contiguous()
@@ -379,6 +381,7 @@ class _MessagePass(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @record_function("tnf.cpu.message_bwd")
     def backward(ctx, gm):
         (y,) = ctx.saved_tensors
         ops, need_y = _ext(), ctx.needs_input_grad[1]
@@ -396,6 +399,7 @@ class _MessagePass(torch.autograd.Function):
 
 class _EmbeddingPass(torch.autograd.Function):
     @staticmethod
+    @record_function("tnf.cpu.embedding_fwd")
     def forward(ctx, edge_vec, g, filt, ztab, pair):
         ctx.g, ctx.filt, ctx.ztab, ctx.pair = g, filt, ztab, pair
         ops = _ext()
@@ -406,6 +410,7 @@ class _EmbeddingPass(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @record_function("tnf.cpu.embedding_bwd")
     def backward(ctx, gr):
         ops, g = _ext(), ctx.g
         if ops is None:
@@ -448,7 +453,8 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     f_dim = config.embedding_dimension
     g = Graph(nl, z.shape[0])
     deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
-    filters = make_filters(model, g, deriv)
+    with record_function("tnf.cpu.filters"):
+        filters = make_filters(model, g, deriv)
     emb = rep.tensor_embedding
 
     ztab, zidx, n_species = _pair_table(emb, z)
