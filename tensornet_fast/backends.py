@@ -1,6 +1,7 @@
 """The one place that picks a compute backend.
 
-``backend=`` (argument) beats ``TENSORNET_FAST_BACKEND`` (environment) beats ``"auto"``.
+``backend=`` (an argument other than "auto") beats ``TENSORNET_FAST_BACKEND`` (environment)
+beats ``"auto"``.
 An explicit request that cannot be honoured raises; ``auto`` picks the fastest available and
 says once, with a warning, when it had to fall back.
 """
@@ -29,7 +30,12 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(requested: str | None = None, device: str = "cpu") -> str:
-    name = requested if requested not in (None, "") else os.environ.get(ENV_VAR, "auto")
+    # "auto" (load_model's default) also defers to the environment, so the variable can pick
+    # a backend for code that never names one.
+    if requested in (None, "") or requested.strip().lower() == "auto":
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+    else:
+        name = requested
     name = name.strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
