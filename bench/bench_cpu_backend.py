@@ -28,6 +28,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 IMPLS = ("ours-exact", "ours-tabulated", "reference", "torchmd-net")
+# Scaling points above this are skipped: the neighbour list in this checkout is the O(N^2)
+# reference search (minutes per build beyond ~3.5k atoms on a loaded 2-core machine). Raise it
+# once the compiled cell list (radius-graph issue) is merged.
+MAX_SCALING_ATOMS = int(os.environ.get("TNF_BENCH_MAX_ATOMS", "3500"))
 
 
 # ----------------------------------------------------------------------------- subprocesses
@@ -82,6 +86,9 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
     from bench.harness import time_call
 
     z, pos, batch, box = _system(system)
+    if mode == "model" and system.startswith("water") and z.shape[0] > MAX_SCALING_ATOMS:
+        return {"error": f"skipped: {z.shape[0]} atoms > MAX_SCALING_ATOMS={MAX_SCALING_ATOMS}"}
+    edges = None
     if impl == "torchmd-net":
         import warnings
 
@@ -108,6 +115,7 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
 
         else:
             nl = model.neighbor_list(pos, batch, box)
+            edges = nl.num_edges
             ones = torch.ones(z.shape[0])
 
             def call(_k=0):
@@ -138,8 +146,8 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
     out["first_s"] = time.perf_counter() - t0
     out["peak_mem_mb"] = _rss_mb() - before
     out.update(time_call(call, repeats=repeats, warmup=0, max_seconds=60.0))
-    if impl != "torchmd-net" and hasattr(model, "neighbor_list"):
-        out["edges"] = model.neighbor_list(pos, batch, box).num_edges
+    if edges is not None:
+        out["edges"] = edges
     return out
 
 
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
             rows.append(row(impl, water, res, "profile", "per-stage CPU time: " + text))
 
     # ns/atom/step scaling (model given the neighbour list)
-    sizes = (3, 4) if args.tiny else (4, 7, 10, 13)
+    sizes = (3, 4) if args.tiny else (4, 7, 10, 13)  # 192 .. 6591 atoms
     for impl in ("ours-tabulated", "ours-exact"):
         for n in sizes:
             res = _run(["--worker", impl, ckpt, f"water{n}", "3", "model"])
