@@ -166,6 +166,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     parser.add_argument("--csv", default=None, help="results CSV (default bench/results)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="only the two scenarios and the profile")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "CKPT", "SYSTEM", "REP", "MODE"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--make-checkpoint", nargs=2, metavar=("PATH", "TINY"),
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
         return 1
     model_desc = "2L F=32 K=16 rc=5" if args.tiny else "2L F=128 K=32 rc=5"
     water, g2 = ("water3", "g2x8") if args.tiny else ("water7", "g2x64")
-    repeats = 2 if args.tiny else 5
+    repeats = 2 if args.tiny else 3
     rows = []
 
     def row(impl, system, res, mode="total", notes=""):
@@ -215,8 +219,9 @@ def main(argv=None) -> int:
                     peak_mem_mb=res.get("peak_mem_mb", ""), notes=f"{model_desc}; {notes}")
 
     results: dict = {}
+    impls = [i for i in IMPLS if i in args.impls.split(",")]
     for system in (water, g2):
-        for impl in IMPLS:
+        for impl in impls:
             res = _run(["--worker", impl, ckpt, system, str(repeats), "total"])
             results[impl, system] = res
             rows.append(row(impl, system, res, notes="energy+forces incl. neighbour list; "
@@ -224,7 +229,7 @@ def main(argv=None) -> int:
             print(f"{system:8s} {impl:15s} " + (
                 res.get("error", "") or
                 f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"), flush=True)
-        for impl in ("ours-exact", "ours-tabulated"):
+        for impl in [i for i in impls if i.startswith("ours")]:
             res = _run(["--worker", impl, ckpt, system, str(repeats), "model"])
             results[impl, system, "model"] = res
             rows.append(row(impl, system, res, "model",
@@ -253,7 +258,7 @@ def main(argv=None) -> int:
 
     # ns/atom/step scaling (model given the neighbour list)
     sizes = (3, 4) if args.tiny else (4, 7, 10, 13)  # 192 .. 6591 atoms
-    for impl in ("ours-tabulated", "ours-exact"):
+    for impl in () if args.no_scaling else ("ours-tabulated", "ours-exact"):
         for n in sizes:
             res = _run(["--worker", impl, ckpt, f"water{n}", "3", "model"])
             rows.append(row(impl, f"water{n}", res, "model",
