@@ -109,10 +109,10 @@ def _embedding_filter_fn(rep, config: ModelConfig):
     def fn(d: Tensor) -> Tensor:
         rbf = radial_basis(rep, config, d)
         phi = cosine_cutoff(d, config.cutoff_lower, config.cutoff_upper)[:, None]
-        w = torch.cat([emb.distance_proj1.weight, emb.distance_proj2.weight,
-                       emb.distance_proj3.weight])
-        b = torch.cat([emb.distance_proj1.bias, emb.distance_proj2.bias,
-                       emb.distance_proj3.bias])
+        w = torch.cat(
+            [emb.distance_proj1.weight, emb.distance_proj2.weight, emb.distance_proj3.weight]
+        )
+        b = torch.cat([emb.distance_proj1.bias, emb.distance_proj2.bias, emb.distance_proj3.bias])
         return F.linear(rbf, w, b) * phi
 
     return fn
@@ -291,8 +291,15 @@ def _s_components(r: Tensor) -> Tensor:
     """Coefficients of r r^T - |r|^2/3 Id on the S basis (4..8).  [c, 3] -> [c, 5]"""
     x, y, z = r.unbind(1)
     return torch.stack(
-        (_S2 * x * y, _S2 * x * z, _S2 * y * z, (x * x - y * y) / _S2,
-         (x * x + y * y - 2 * z * z) / _S6), 1)
+        (
+            _S2 * x * y,
+            _S2 * x * z,
+            _S2 * y * z,
+            (x * x - y * y) / _S2,
+            (x * x + y * y - 2 * z * z) / _S6,
+        ),
+        1,
+    )
 
 
 def _s_jacobian(r: Tensor) -> Tensor:
@@ -426,8 +433,16 @@ class _EmbeddingPass(torch.autograd.Function):
         else:
             tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
             gd, ggeo = ops.cpu_embed_bwd(
-                g.row_ptr, g.geometry(), ctx.ztab, ctx.pair, gr.contiguous(), tab, dtab, idx,
-                s, inv_h,
+                g.row_ptr,
+                g.geometry(),
+                ctx.ztab,
+                ctx.pair,
+                gr.contiguous(),
+                tab,
+                dtab,
+                idx,
+                s,
+                inv_h,
             )
             grh = _grad_rhat(ggeo, g.rhat)
         return ctx.g.edge_vec_grad(gd, grh), None, None, None, None
@@ -474,8 +489,9 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
         norm = act(F.linear(norm, lin.weight, lin.bias))
     n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
     w = [lin.weight for lin in emb.linears_tensor]
-    x = torch.cat((raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a,
-                   raw[:, 4:] @ w[2].t() * n_s), 1)  # [N, 9, F]
+    x = torch.cat(
+        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
+    )  # [N, 9, F]
 
     q3 = charge_factor[:, None, None]  # [N, 1, 1]
     q4 = charge_factor[:, None, None, None]

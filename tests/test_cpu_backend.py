@@ -38,8 +38,11 @@ def ckpts(tmp_path_factory):
         for precision in DTYPES:
             std = dict(mean=-2.5, std=1.7) if hp.get("standardize") else {}
             out[name, precision] = make_checkpoint(
-                root / f"{name}_{precision}.ckpt", seed=40 + k, precision=precision,
-                **{**SMALL, **hp}, **std,
+                root / f"{name}_{precision}.ckpt",
+                seed=40 + k,
+                precision=precision,
+                **{**SMALL, **hp},
+                **std,
             )
     return out
 
@@ -55,8 +58,10 @@ def test_exact_mode_matches_torchmd_net_and_reference(ckpts, case, precision, pa
     model = tnf.load_model(path, backend="cpu")
     assert model.backend == "cpu" and model.filter_mode == "exact"
     y, f = model(z, pos, batch, q=q)
-    errs = (assert_close(y, y_tmd, dtype, "energy", case),
-            assert_close(f, f_tmd, dtype, "forces", case))
+    errs = (
+        assert_close(y, y_tmd, dtype, "energy", case),
+        assert_close(f, f_tmd, dtype, "forces", case),
+    )
     parity_report(f"cpu-exact {case}", precision, *errs)
     y_ref, f_ref = tnf.load_model(path, backend="reference")(z, pos, batch, q=q)
     assert_close(y, y_ref, dtype, "energy", case)
@@ -68,15 +73,18 @@ def test_exact_mode_matches_torchmd_net_and_reference(ckpts, case, precision, pa
 def test_periodic_box(tmp_path, precision, parity_report):
     """81 waters' atoms in a 9.75 A box with r_c = 4.5 (torchmd-net needs r_c <= half the box)."""
     dtype = DTYPES[precision]
-    path = make_checkpoint(tmp_path / "pbc.ckpt", seed=7, precision=precision, cutoff_upper=4.5,
-                           **SMALL)
+    path = make_checkpoint(
+        tmp_path / "pbc.ckpt", seed=7, precision=precision, cutoff_upper=4.5, **SMALL
+    )
     z, pos, box = water_box(3, spacing=3.25, seed=5, dtype=dtype)
     y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, box=box)
     for mode in cpu_backend.FILTER_MODES:
         y, f = tnf.load_model(path, backend="cpu", filter_mode=mode)(z, pos, box=box)
         if mode == "exact":
-            errs = (assert_close(y, y_tmd, dtype, "energy", "pbc"),
-                    assert_close(f, f_tmd, dtype, "forces", "pbc"))
+            errs = (
+                assert_close(y, y_tmd, dtype, "energy", "pbc"),
+                assert_close(f, f_tmd, dtype, "forces", "pbc"),
+            )
             parity_report("cpu-exact periodic", precision, *errs)
         else:  # the table error is below float32 rounding (see test_tabulated_error_bound)
             assert relative_error(f, f_tmd) < 1e-5 and relative_error(y, y_tmd) < 2e-6
@@ -115,9 +123,16 @@ def test_tabulated_error_bound(ckpts, case):
 @pytest.mark.parametrize("group", ["O(3)", "SO(3)"])
 def test_gradcheck(tmp_path, mode, group):
     """Forces are the exact gradient of the same function (for tabulated: of the splines)."""
-    path = make_checkpoint(tmp_path / "g.ckpt", seed=12, precision=64, embedding_dimension=8,
-                           num_rbf=6, cutoff_lower=0.5, equivariance_invariance_group=group,
-                           charge=True)
+    path = make_checkpoint(
+        tmp_path / "g.ckpt",
+        seed=12,
+        precision=64,
+        embedding_dimension=8,
+        num_rbf=6,
+        cutoff_lower=0.5,
+        equivariance_invariance_group=group,
+        charge=True,
+    )
     model = tnf.load_model(path, backend="cpu", filter_mode=mode, derivative=False)
     z, pos, batch = molecule_batch(("CH3OH", "H2O"), jitter=0.1)
     q = torch.tensor([1.0, -1.0], dtype=torch.float64)
