@@ -40,8 +40,14 @@ def _make_checkpoint(path: str, tiny: bool) -> None:
     from oracle import make_checkpoint
 
     size = dict(embedding_dimension=32, num_rbf=16) if tiny else {}
-    make_checkpoint(path, seed=11, precision=32, num_layers=2, cutoff_upper=5.0,
-                    **{"embedding_dimension": 128, "num_rbf": 32, **size})
+    make_checkpoint(
+        path,
+        seed=11,
+        precision=32,
+        num_layers=2,
+        cutoff_upper=5.0,
+        **{"embedding_dimension": 128, "num_rbf": 32, **size},
+    )
 
 
 def _system(name: str):
@@ -53,7 +59,7 @@ def _system(name: str):
     from systems import water_box
 
     if name.startswith("water"):
-        n = int(name[len("water"):])
+        n = int(name[len("water") :])
         z, pos, box = water_box(n, seed=4, dtype=torch.float32)
         return z, pos, torch.zeros_like(z), box
     if name.startswith("g2x"):
@@ -68,8 +74,12 @@ def _system(name: str):
             zs.append(atoms.numbers)
             ps.append(atoms.positions + 0.03 * rng.normal(size=atoms.positions.shape))
             bs.append(np.full(len(atoms), k))
-        return (torch.as_tensor(np.concatenate(zs)), torch.as_tensor(np.concatenate(ps),
-                dtype=torch.float32), torch.as_tensor(np.concatenate(bs)), None)
+        return (
+            torch.as_tensor(np.concatenate(zs)),
+            torch.as_tensor(np.concatenate(ps), dtype=torch.float32),
+            torch.as_tensor(np.concatenate(bs)),
+            None,
+        )
     raise ValueError(name)
 
 
@@ -121,8 +131,7 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
             def call(_k=0):
                 with torch.enable_grad():
                     vec = nl.edge_vec.detach().requires_grad_(True)
-                    nl2 = type(nl)(nl.edge_index, vec, nl.edge_dist.detach(), nl.shifts,
-                                   nl.row_ptr)
+                    nl2 = type(nl)(nl.edge_index, vec, nl.edge_dist.detach(), nl.shifts, nl.row_ptr)
                     e = cpu_backend.atomic_energies(model, z, nl2, ones).sum()
                     (g,) = torch.autograd.grad(e, vec)
                 return e.detach(), g
@@ -170,14 +179,21 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     parser.add_argument("--csv", default=None, help="results CSV (default bench/results)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="comma-separated subset of " + ",".join(IMPLS))
-    parser.add_argument("--no-scaling", action="store_true",
-                        help="only the two scenarios and the profile")
-    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "CKPT", "SYSTEM", "REP", "MODE"),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--make-checkpoint", nargs=2, metavar=("PATH", "TINY"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS)
+    )
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="only the two scenarios and the profile"
+    )
+    parser.add_argument(
+        "--worker",
+        nargs=5,
+        metavar=("IMPL", "CKPT", "SYSTEM", "REP", "MODE"),
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--make-checkpoint", nargs=2, metavar=("PATH", "TINY"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.make_checkpoint:
         _make_checkpoint(args.make_checkpoint[0], args.make_checkpoint[1] == "1")
@@ -209,20 +225,33 @@ def main(argv=None) -> int:
     wait_policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
     def row(impl, system, res, mode="total", notes=""):
-        base = dict(env, benchmark="cpu_backend", implementation=impl, dtype="float32",
-                    backend="cpu" if impl.startswith("ours") else impl,
-                    mode={"ours-tabulated": "tabulated"}.get(impl, "exact") + f"/{mode}",
-                    system=system, batch=64 if system.startswith("g2x64") else 1)
+        base = dict(
+            env,
+            benchmark="cpu_backend",
+            implementation=impl,
+            dtype="float32",
+            backend="cpu" if impl.startswith("ours") else impl,
+            mode={"ours-tabulated": "tabulated"}.get(impl, "exact") + f"/{mode}",
+            system=system,
+            batch=64 if system.startswith("g2x64") else 1,
+        )
         if "error" in res:
             return dict(base, notes=f"{model_desc}; ERROR {res['error'][:200]}")
         n = res["atoms"]
-        return dict(base, atoms=n, edges=res.get("edges", ""), warmup_s=res.get("first_s", ""),
-                    median_s=res["median_s"], p20_s=res.get("p20_s", ""),
-                    p80_s=res.get("p80_s", ""), repeats=res.get("repeats", 1),
-                    threads=res.get("threads", env["threads"]),
-                    ns_per_atom=res["median_s"] / n * 1e9,
-                    peak_mem_mb=res.get("peak_mem_mb", ""),
-                    notes=f"{model_desc}; OMP_WAIT_POLICY={wait_policy}; {notes}")
+        return dict(
+            base,
+            atoms=n,
+            edges=res.get("edges", ""),
+            warmup_s=res.get("first_s", ""),
+            median_s=res["median_s"],
+            p20_s=res.get("p20_s", ""),
+            p80_s=res.get("p80_s", ""),
+            repeats=res.get("repeats", 1),
+            threads=res.get("threads", env["threads"]),
+            ns_per_atom=res["median_s"] / n * 1e9,
+            peak_mem_mb=res.get("peak_mem_mb", ""),
+            notes=f"{model_desc}; OMP_WAIT_POLICY={wait_policy}; {notes}",
+        )
 
     results: dict = {}
     impls = [i for i in IMPLS if i in args.impls.split(",")]
@@ -230,28 +259,48 @@ def main(argv=None) -> int:
         for impl in impls:
             res = _run(["--worker", impl, ckpt, system, str(repeats), "total"])
             results[impl, system] = res
-            rows.append(row(impl, system, res, notes="energy+forces incl. neighbour list; "
-                            "fresh process; peak = RSS growth over the first call"))
-            print(f"{system:8s} {impl:15s} " + (
-                res.get("error", "") or
-                f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"), flush=True)
+            rows.append(
+                row(
+                    impl,
+                    system,
+                    res,
+                    notes="energy+forces incl. neighbour list; "
+                    "fresh process; peak = RSS growth over the first call",
+                )
+            )
+            print(
+                f"{system:8s} {impl:15s} "
+                + (
+                    res.get("error", "")
+                    or f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"
+                ),
+                flush=True,
+            )
         for impl in [i for i in impls if i.startswith("ours")]:
             res = _run(["--worker", impl, ckpt, system, str(repeats), "model"])
             results[impl, system, "model"] = res
-            rows.append(row(impl, system, res, "model",
-                            "energy+forces given a prebuilt neighbour list"))
-            print(f"{system:8s} {impl:15s} model only " + (
-                res.get("error", "") or f"{res['median_s']:.3f} s  peak "
-                f"{res['peak_mem_mb']:.0f} MB"), flush=True)
+            rows.append(
+                row(impl, system, res, "model", "energy+forces given a prebuilt neighbour list")
+            )
+            print(
+                f"{system:8s} {impl:15s} model only "
+                + (
+                    res.get("error", "")
+                    or f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"
+                ),
+                flush=True,
+            )
         peer = results.get(("torchmd-net", system), {})
         for impl in ("ours-exact", "ours-tabulated"):
             for key in ((impl, system), (impl, system, "model")):
                 ours = results.get(key, {})
                 if "median_s" in ours and "median_s" in peer:
-                    print(f"  {'/'.join(key[2:]) or 'total':5s} {impl}: "
-                          f"{peer['median_s'] / ours['median_s']:.1f}x faster, memory "
-                          f"{ours['peak_mem_mb'] / max(peer['peak_mem_mb'], 1e-9):.3f}x "
-                          "of torchmd-net")
+                    print(
+                        f"  {'/'.join(key[2:]) or 'total':5s} {impl}: "
+                        f"{peer['median_s'] / ours['median_s']:.1f}x faster, memory "
+                        f"{ours['peak_mem_mb'] / max(peer['peak_mem_mb'], 1e-9):.3f}x "
+                        "of torchmd-net"
+                    )
 
     # per-stage profile (water box, both modes)
     for impl in ("ours-exact", "ours-tabulated"):
@@ -267,14 +316,24 @@ def main(argv=None) -> int:
     for impl in () if args.no_scaling else ("ours-tabulated", "ours-exact"):
         for n in sizes:
             res = _run(["--worker", impl, ckpt, f"water{n}", "3", "model"])
-            rows.append(row(impl, f"water{n}", res, "model",
-                            "scaling; energy+forces given a prebuilt neighbour list"))
+            rows.append(
+                row(
+                    impl,
+                    f"water{n}",
+                    res,
+                    "model",
+                    "scaling; energy+forces given a prebuilt neighbour list",
+                )
+            )
             if "error" in res:
                 print(f"scaling {impl} water{n}: {res['error']}")
                 break
-            print(f"scaling {impl} {res['atoms']:6d} atoms: "
-                  f"{res['median_s'] / res['atoms'] * 1e9:9.0f} ns/atom/step, "
-                  f"peak {res['peak_mem_mb']:.0f} MB", flush=True)
+            print(
+                f"scaling {impl} {res['atoms']:6d} atoms: "
+                f"{res['median_s'] / res['atoms'] * 1e9:9.0f} ns/atom/step, "
+                f"peak {res['peak_mem_mb']:.0f} MB",
+                flush=True,
+            )
 
     append_rows(rows, csv_path)
     print(f"{len(rows)} rows -> {csv_path}")
