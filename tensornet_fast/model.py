@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import reference
+from . import cpu_backend, reference
 from .backends import resolve_backend, warn_once
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
@@ -28,11 +28,25 @@ NAMED_MODELS = {"default": os.path.join(_DATA_DIR, "default.ckpt")}
 class TensorNetModel(nn.Module):
     """TensorNet energies and forces; parameters named as in torchmd-net's ``TorchMD_Net``."""
 
-    def __init__(self, config: ModelConfig, derivative: bool = True, backend: str = "auto"):
+    def __init__(
+        self,
+        config: ModelConfig,
+        derivative: bool = True,
+        backend: str = "auto",
+        filter_mode: str = "exact",
+    ):
         super().__init__()
+        if filter_mode not in cpu_backend.FILTER_MODES:
+            raise ValueError(
+                f"filter_mode must be one of {cpu_backend.FILTER_MODES}, got {filter_mode!r}"
+            )
         self.config = config
         self.derivative = derivative
         self.backend = resolve_backend(backend)
+        if filter_mode != "exact" and self.backend != "cpu":
+            raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu'")
+        self.filter_mode = filter_mode
+        self._splines: tuple | None = None
         self.representation_model = RepresentationParams(config)
         self.output_model = OutputParams(config)
         priors = [PRIOR_PARAMS[spec.name](spec, config) for spec in config.priors]
@@ -59,8 +73,16 @@ class TensorNetModel(nn.Module):
             f"F={c.embedding_dimension}, layers={c.num_layers}, rbf={c.rbf_type}x{c.num_rbf}, "
             f"cutoff=({c.cutoff_lower}, {c.cutoff_upper}), "
             f"group={c.equivariance_invariance_group}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, filter_mode={self.filter_mode!r}"
         )
+
+    def cpu_splines(self) -> list:
+        """Tabulated filters (filter_mode="tabulated"), built once from the weights and rebuilt
+        only if the dtype or device changes (weights are frozen for inference)."""
+        key = (self.dtype, self.device)
+        if self._splines is None or self._splines[0] != key:
+            self._splines = (key, cpu_backend.build_splines(self))
+        return self._splines[1]
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(
@@ -158,6 +180,10 @@ class TensorNetModel(nn.Module):
     ) -> Tensor:
         """The network's per-atom output epsilon_i [N, 1] (before std, priors, reduction)."""
         nl = self.neighbor_list(pos, batch, box)
+        # The one backend switch. The cpu backend's edge passes are inference-only (forces, no
+        # parameter gradients, no double backward), so training mode runs the reference math.
+        if self.backend == "cpu" and not self.training:
+            return cpu_backend.atomic_energies(self, z, nl, charge_factor)
         return reference.atomic_energies(
             self.representation_model,
             self.output_model.output_network.layers,
@@ -332,8 +358,9 @@ def build_model(
     state: Mapping[str, Tensor],
     derivative: bool = True,
     backend: str = "auto",
+    filter_mode: str = "exact",
 ) -> TensorNetModel:
-    model = TensorNetModel(config, derivative=derivative, backend=backend)
+    model = TensorNetModel(config, derivative=derivative, backend=backend, filter_mode=filter_mode)
     _resize_to_checkpoint(model, state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -371,6 +398,8 @@ def build_model(
     if nonfinite:
         raise CheckpointError(f"checkpoint weights contain NaN/inf: {nonfinite[:5]}")
     model.load_state_dict(dict(state), strict=True)
+    if filter_mode == "tabulated":
+        model.cpu_splines()  # build the tables at load time, not on the first call
     return model.eval()
 
 
@@ -380,6 +409,7 @@ def load_model(
     derivative: bool = True,
     backend: str = "auto",
     layout: str = "auto",
+    filter_mode: str = "exact",
     **overrides: Any,
 ) -> TensorNetModel:
     """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
@@ -389,8 +419,13 @@ def load_model(
             loaded checkpoint/state-dict mapping.
         device: where the model lives.
         derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
-        backend: ``"auto"``, ``"reference"`` (see ``tensornet_fast.available_backends()``);
-            overridden by nothing, but ``TENSORNET_FAST_BACKEND`` sets the default.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` (see
+            ``tensornet_fast.available_backends()``); ``TENSORNET_FAST_BACKEND`` sets the default.
+            ``auto`` on a CPU device is ``"cpu"``.
+        filter_mode: radial filters of the ``"cpu"`` backend: ``"exact"`` (the MLP, once per
+            distinct distance) or ``"tabulated"`` (cubic splines in d built here at load time,
+            forces from the spline's derivative; error vs float64 at float32 rounding level,
+            see tensornet_fast/cpu_backend.py).
         layout: weight layout of the 3F-output linears: ``"auto"``, ``"blocked"`` (torchmd-net
             >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
             the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all
@@ -401,5 +436,7 @@ def load_model(
     if isinstance(path, str) and path in NAMED_MODELS:
         path = NAMED_MODELS[path]
     config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
-    model = build_model(config, state, derivative=derivative, backend=backend)
+    model = build_model(
+        config, state, derivative=derivative, backend=backend, filter_mode=filter_mode
+    )
     return model.to(device)

@@ -1,0 +1,515 @@
+"""The fast CPU backend (``backend="cpu"``): the same numbers as ``reference.py``, restructured.
+
+Levers (SPEC.md "Where the cost is"):
+
+* Every 3x3 tensor is 9 coefficients in an ORTHONORMAL basis of 3x3 matrices (Frobenius):
+  component 0 = Id/sqrt3 (the I part), 1..3 = skew(e_k)/sqrt2 (A), 4..8 = symmetric traceless
+  (S). So ||X||^2 = sum of squares of the 9 numbers, the I/A/S split is a slice, and a channel
+  linear is one GEMM per block on [N * k, F]. Nothing is stored 3x3 with redundancy.
+* The radial filters depend on d alone. ``exact`` mode evaluates the MLP (and its d-derivative,
+  forward-mode) once per DISTINCT distance: d_ij == d_ji bitwise (edge_vec of the reverse edge
+  is the exact negation), so this is at most one evaluation per unordered pair. ``tabulated``
+  mode replaces each filter by a cubic Hermite spline in d built once from the exact values and
+  derivatives; forces use the spline's own derivative, so energy is conserved.
+* Messages are segment reductions over edges sorted by receiver; per-edge tensors exist only
+  for a chunk of ``EDGE_CHUNK`` edges (torch path) or in registers (C++ path, csrc/).
+* Forces: a hand-written backward for the two edge passes (embedding, messages). It contracts
+  the receiver's adjoint with the sender's features into dE/dd per edge (SPEC.md "The shape of
+  the force backward"); node-level algebra ([N, 9, F], no positions) goes through autograd.
+
+``filter_mode`` ("exact" | "tabulated") is chosen in ``load_model(..., filter_mode=...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
+
+from .config import ModelConfig
+from .ops.radial import ACTIVATION_FUNCTIONS, cosine_cutoff
+from .reference import radial_basis, radial_filter, scalar_head
+
+FILTER_MODES = ("exact", "tabulated")
+# Edges per chunk in the torch path: 4096 * 9 * F(128) * 4 B = 19 MB per temporary.
+EDGE_CHUNK = 4096
+# Spline intervals on [cutoff_lower, cutoff_upper]. Cubic Hermite error ~ h^4 (values), h^3
+# (derivatives). Measured on F=32/64 random-weight models (tests/test_cpu_backend.py, r_c = 5,
+# h = 2.4e-3 A): the table alone (float64 tabulated vs float64 exact) is off by ~4e-11 relative
+# in energy and 3e-8..1.3e-7 in forces, far below float32 rounding (exact fp32 vs fp64: ~1e-6
+# energy, 1e-6..5e-6 forces); 1024 intervals gave 5e-7 in forces, too close to it.
+TABLE_INTERVALS = 2048
+# Distances per block when evaluating the exact filter MLP (bounds its [U, 3F] temporaries).
+FILTER_CHUNK = 8192
+
+_S2 = math.sqrt(2.0)
+_S3 = math.sqrt(3.0)
+_S6 = math.sqrt(6.0)
+# component -> I/A/S block, for expanding a [.., 3, F] filter to the 9 components.
+_BLOCK = torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2])
+
+
+def _basis() -> Tensor:
+    """The 9 orthonormal basis matrices [9, 3, 3] (float64)."""
+    b = torch.zeros(9, 3, 3, dtype=torch.float64)
+    b[0] = torch.eye(3, dtype=torch.float64) / _S3
+    for k, (r, c) in enumerate(((2, 1), (0, 2), (1, 0))):  # skew(e_k): +1 at (r, c), -1 at (c, r)
+        b[1 + k, r, c], b[1 + k, c, r] = 1 / _S2, -1 / _S2
+    for k, (r, c) in enumerate(((0, 1), (0, 2), (1, 2))):
+        b[4 + k, r, c] = b[4 + k, c, r] = 1 / _S2
+    b[7, 0, 0], b[7, 1, 1] = 1 / _S2, -1 / _S2
+    b[8, 0, 0], b[8, 1, 1], b[8, 2, 2] = 1 / _S6, 1 / _S6, -2 / _S6
+    return b
+
+
+_BASIS64 = _basis()
+
+
+def to_full(x: Tensor) -> Tensor:
+    """[N, 9, F] coefficients -> [N, 3, 3, F] matrices: one batched [9, 9] @ [9, F] product
+    (no permuted copies, which einsum made and which cost more than the arithmetic here)."""
+    n, _, f = x.shape
+    return torch.matmul(_BASIS64.reshape(9, 9).t().to(x.dtype), x).view(n, 3, 3, f)
+
+
+def from_full(m: Tensor) -> Tensor:
+    """[N, 3, 3, F] -> [N, 9, F] (projection; exact for any matrix, the basis is complete)."""
+    n, f = m.shape[0], m.shape[-1]
+    return torch.matmul(_BASIS64.reshape(9, 9).to(m.dtype), m.reshape(n, 9, f))
+
+
+def _matmul3(a: Tensor, b: Tensor) -> Tensor:
+    """Per atom and channel 3x3 product in the full layout [N, 3, 3, F]: three rank-1 updates
+    (no [N, 3, 3, 3, F] temporary)."""
+    out = a[:, :, 0:1] * b[:, None, 0]
+    out = out + a[:, :, 1:2] * b[:, None, 1]
+    return out + a[:, :, 2:3] * b[:, None, 2]
+
+
+def block_linear(x: Tensor, w0: Tensor, w1: Tensor, w2: Tensor) -> Tensor:
+    """Channel linears per block: I by w0, A by w1, S by w2; each a GEMM on [N * k, F]."""
+    return torch.cat((x[:, :1] @ w0.t(), x[:, 1:4] @ w1.t(), x[:, 4:] @ w2.t()), 1)
+
+
+def sq_norm(x: Tensor) -> Tensor:
+    """||X||^2 per channel = 3 I^2 + ||A||^2 + ||S||^2 (orthonormal basis).  [N, 9, F] -> [N, F]"""
+    return (x * x).sum(1)
+
+
+# ----------------------------------------------------------------------------- radial filters
+def _embedding_filter_fn(rep, config: ModelConfig):
+    """d [U] -> [U, 3F]: (distance_proj{1,2,3}(e(d))) * phi(d), blocked I | A | S."""
+    emb = rep.tensor_embedding
+
+    def fn(d: Tensor) -> Tensor:
+        rbf = radial_basis(rep, config, d)
+        phi = cosine_cutoff(d, config.cutoff_lower, config.cutoff_upper)[:, None]
+        w = torch.cat(
+            [emb.distance_proj1.weight, emb.distance_proj2.weight, emb.distance_proj3.weight]
+        )
+        b = torch.cat([emb.distance_proj1.bias, emb.distance_proj2.bias, emb.distance_proj3.bias])
+        return F.linear(rbf, w, b) * phi
+
+    return fn
+
+
+def _layer_filter_fn(rep, layer, config: ModelConfig):
+    """d [U] -> [U, 3F]: the interaction layer's filter h(d) (phi included)."""
+
+    def fn(d: Tensor) -> Tensor:
+        rbf = radial_basis(rep, config, d)
+        phi = cosine_cutoff(d, config.cutoff_lower, config.cutoff_upper)
+        return radial_filter(layer, config, rbf, phi)
+
+    return fn
+
+
+def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
+    """fn(d) and dfn/dd by forward-mode AD (one extra pass of the same GEMMs), in blocks."""
+    vals, ders = [], []
+    with torch.no_grad():
+        for s in range(0, d.shape[0], FILTER_CHUNK):
+            dc = d[s : s + FILTER_CHUNK]
+            if deriv:
+                v, t = torch.func.jvp(fn, (dc,), (torch.ones_like(dc),))
+                ders.append(t)
+            else:
+                v = fn(dc)
+            vals.append(v)
+    return torch.cat(vals), (torch.cat(ders) if deriv else None)
+
+
+class ExactFilter:
+    """Filter values per edge from one MLP evaluation per distinct distance."""
+
+    def __init__(self, fn, d_unique: Tensor, inverse: Tensor, deriv: bool):
+        self.table, self.dtable = _value_and_derivative(fn, d_unique, deriv)  # [U, 3F]
+        self.inverse = inverse  # [E] edge -> row
+
+    def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
+        idx = self.inverse[e0:e1]
+        return self.table[idx], (self.dtable[idx] if deriv else None)
+
+    def kernel_args(self, deriv: bool) -> tuple:
+        """(tab [U, 1, 3F], dtab or None, idx [E], s None, inv_h) for csrc/cpu_tensornet.cpp."""
+        dtab = self.dtable[:, None, :].contiguous() if deriv else None
+        return self.table[:, None, :].contiguous(), dtab, self.inverse.contiguous(), None, 0.0
+
+
+class Spline:
+    """Cubic Hermite spline of a vector function of d on [lo, hi]: power-form coefficients
+    per interval [n, 4, C] (p(s) = a + b s + c s^2 + e s^3, s in [0, 1)). C^1, exact at the nodes
+    (values and derivatives), error <= h^4/384 max|f''''|. Zero below ``lo`` when lo > 0 (the
+    cosine cutoff vanishes there)."""
+
+    def __init__(self, fn, lo: float, hi: float, intervals: int, dtype: torch.dtype):
+        self.lo, self.hi, self.n = float(lo), float(hi), int(intervals)
+        self.h = (self.hi - self.lo) / self.n
+        nodes = torch.linspace(self.lo, self.hi, self.n + 1, dtype=torch.float64)
+        y, m = _value_and_derivative(fn, nodes, True)  # [n + 1, C] each, float64
+        y0, y1, m0, m1 = y[:-1], y[1:], m[:-1] * self.h, m[1:] * self.h
+        coef = torch.stack((y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1), 1)
+        self.coef = coef.to(dtype).contiguous()  # [n, 4, C]
+        self.zero_below = self.lo > 0
+
+    def locate(self, d: Tensor) -> tuple[Tensor, Tensor]:
+        """Interval index [E] (int64) and local coordinate s [E] (model dtype); computed in
+        float64 so s is not limited by float32 rounding of d / h at large interval indices."""
+        t = (d.double() - self.lo) / self.h
+        k = t.floor().clamp(0, self.n - 1)
+        return k.long(), (t - k).clamp(0.0, 1.0).to(d.dtype)
+
+    def evaluate(self, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
+        k, s = self.locate(d)
+        c = self.coef[k]  # [E, 4, C]
+        s1 = s[:, None]
+        val = ((c[:, 3] * s1 + c[:, 2]) * s1 + c[:, 1]) * s1 + c[:, 0]
+        der = ((3 * c[:, 3] * s1 + 2 * c[:, 2]) * s1 + c[:, 1]) / self.h if deriv else None
+        if self.zero_below:
+            keep = (d >= self.lo).to(val.dtype)[:, None]
+            val = val * keep
+            der = der * keep if deriv else None
+        return val, der
+
+
+class TabulatedFilter:
+    def __init__(self, spline: Spline, d: Tensor):
+        self.spline, self.d = spline, d
+
+    def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
+        return self.spline.evaluate(self.d[e0:e1], deriv)
+
+    def kernel_args(self, deriv: bool) -> tuple:
+        """(coef [n, 4, 3F], None, interval [E] (-1: zero filter), s [E], 1/h)."""
+        sp = self.spline
+        k, s = sp.locate(self.d)
+        if sp.zero_below:
+            k = torch.where(self.d >= sp.lo, k, torch.full_like(k, -1))
+        return sp.coef, None, k.contiguous(), s.contiguous(), 1.0 / sp.h
+
+
+def build_splines(model, intervals: int = TABLE_INTERVALS) -> list[Spline]:
+    """One spline per radial filter (embedding first, then each layer), built in float64 from a
+    float64 copy of the weights and stored in the model's dtype."""
+    config = model.config
+    rep64 = copy.deepcopy(model.representation_model).to(torch.float64)
+    fns = [_embedding_filter_fn(rep64, config)]
+    fns += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
+    lo, hi = config.cutoff_lower, config.cutoff_upper
+    return [Spline(fn, lo, hi, intervals, model.dtype) for fn in fns]
+
+
+# ----------------------------------------------------------------------------- graph
+class Graph:
+    """The neighbour list as the edge passes need it (all detached, receiver-sorted)."""
+
+    def __init__(self, nl, n_atoms: int):
+        self.i, self.j = nl.edge_index[0].contiguous(), nl.edge_index[1].contiguous()
+        self.row_ptr = nl.row_ptr.contiguous()
+        self.n = n_atoms
+        self.e = self.i.shape[0]
+        self.d = nl.edge_dist.detach().contiguous()  # [E]
+        self.not_self = (self.i != self.j).to(self.d.dtype)  # [E], 0 on self-loops
+        safe = torch.where(self.not_self > 0, self.d, torch.ones_like(self.d))
+        self.rhat = (nl.edge_vec.detach() / safe[:, None] * self.not_self[:, None]).contiguous()
+        self.safe_d = safe
+        self._geo: Tensor | None = None
+
+    def geometry(self) -> Tensor:
+        """[E, 9] embedding geometry factors, computed once per graph."""
+        if self._geo is None:
+            self._geo = _embedding_geometry(self.rhat).contiguous()
+        return self._geo
+
+    def edge_vec_grad(self, gd: Tensor, grhat: Tensor | None) -> Tensor:
+        """dE/d(edge_vec) [E, 3] from dE/dd [E] and dE/d(rhat) [E, 3]; 0 on self-loops."""
+        g = gd[:, None] * self.rhat
+        if grhat is not None:
+            radial = (grhat * self.rhat).sum(1, keepdim=True)
+            g = g + (grhat - radial * self.rhat) / self.safe_d[:, None] * self.not_self[:, None]
+        return g
+
+
+# ----------------------------------------------------------------------------- edge passes
+def _expand(f: Tensor) -> Tensor:
+    """[c, 3F] filter (I | A | S) -> [c, 9, F] per component."""
+    return f.view(f.shape[0], 3, -1)[:, _BLOCK.to(f.device)]
+
+
+def message_forward(y: Tensor, g: Graph, filt) -> Tensor:
+    """M_i = sum_j f_ij (*) Y_j per component.  y [N, 9, F] -> [N, 9, F]."""
+    m = torch.zeros_like(y)
+    for e0 in range(0, g.e, EDGE_CHUNK):
+        e1 = min(g.e, e0 + EDGE_CHUNK)
+        f, _ = filt(e0, e1, False)
+        m.index_add_(0, g.i[e0:e1], _expand(f) * y.index_select(0, g.j[e0:e1]))
+    return m
+
+
+def message_backward(
+    y: Tensor, gm: Tensor, g: Graph, filt, need_y: bool
+) -> tuple[Tensor, Tensor | None]:
+    """dE/dd [E] (= sum over components and channels of f'_ij gM_i Y_j) and dE/dY [N, 9, F]."""
+    gd = torch.empty(g.e, dtype=y.dtype)
+    gy = torch.zeros_like(y) if need_y else None
+    for e0 in range(0, g.e, EDGE_CHUNK):
+        e1 = min(g.e, e0 + EDGE_CHUNK)
+        f, fp = filt(e0, e1, True)
+        gmi = gm.index_select(0, g.i[e0:e1])  # [c, 9, F]
+        gd[e0:e1] = (_expand(fp) * gmi * y.index_select(0, g.j[e0:e1])).sum((1, 2))
+        if need_y:
+            gy.index_add_(0, g.j[e0:e1], _expand(f) * gmi)
+    return gd, gy
+
+
+def _s_components(r: Tensor) -> Tensor:
+    """Coefficients of r r^T - |r|^2/3 Id on the S basis (4..8).  [c, 3] -> [c, 5]"""
+    x, y, z = r.unbind(1)
+    return torch.stack(
+        (
+            _S2 * x * y,
+            _S2 * x * z,
+            _S2 * y * z,
+            (x * x - y * y) / _S2,
+            (x * x + y * y - 2 * z * z) / _S6,
+        ),
+        1,
+    )
+
+
+def _s_jacobian(r: Tensor) -> Tensor:
+    """d(_s_components)/dr  [c, 5, 3]."""
+    x, y, z = r.unbind(1)
+    zero = torch.zeros_like(x)
+    rows = (
+        (_S2 * y, _S2 * x, zero),
+        (_S2 * z, zero, _S2 * x),
+        (zero, _S2 * z, _S2 * y),
+        (_S2 * x, -_S2 * y, zero),
+        (2 * x / _S6, 2 * y / _S6, -4 * z / _S6),
+    )
+    return torch.stack([torch.stack(row, 1) for row in rows], 1)
+
+
+def _embedding_geometry(r: Tensor) -> Tensor:
+    """Per edge the 9 geometric factors multiplying f^I, f^A, f^S.  [c, 9]"""
+    return torch.cat((torch.full_like(r[:, :1], _S3), _S2 * r, _s_components(r)), 1)
+
+
+def embedding_forward(g: Graph, filt, ztab: Tensor, pair: Tensor) -> Tensor:
+    """Raw embedding coefficients R_i = sum_j Z_ij (*) f_ij(d) (*) geometry(rhat) [N, 9, F]."""
+    f_dim = ztab.shape[1]
+    out = torch.zeros(g.n, 9, f_dim, dtype=ztab.dtype)
+    for e0 in range(0, g.e, EDGE_CHUNK):
+        e1 = min(g.e, e0 + EDGE_CHUNK)
+        f, _ = filt(e0, e1, False)
+        fz = _expand(f) * ztab[pair[e0:e1]][:, None, :]  # [c, 9, F]
+        out.index_add_(0, g.i[e0:e1], fz * _embedding_geometry(g.rhat[e0:e1])[:, :, None])
+    return out
+
+
+def embedding_backward(
+    gr: Tensor, g: Graph, filt, ztab: Tensor, pair: Tensor
+) -> tuple[Tensor, Tensor]:
+    """dE/dd [E] and dE/d(rhat) [E, 3] of the embedding pass, given dE/dR [N, 9, F]."""
+    gd = torch.empty(g.e, dtype=gr.dtype)
+    grh = torch.empty(g.e, 3, dtype=gr.dtype)
+    for e0 in range(0, g.e, EDGE_CHUNK):
+        e1 = min(g.e, e0 + EDGE_CHUNK)
+        f, fp = filt(e0, e1, True)
+        r = g.rhat[e0:e1]
+        z = ztab[pair[e0:e1]][:, None, :]  # [c, 1, F]
+        gri = gr.index_select(0, g.i[e0:e1])  # [c, 9, F]
+        geo = _embedding_geometry(r)  # [c, 9]
+        gd[e0:e1] = ((_expand(fp) * z * gri).sum(2) * geo).sum(1)
+        per_comp = (_expand(f) * z * gri).sum(2)  # [c, 9]: dE/d(geometry)
+        grh[e0:e1] = _grad_rhat(per_comp, r)
+    return gd, grh
+
+
+# ----------------------------------------------------------------------------- C++ dispatch
+USE_EXTENSION = True  # False forces the chunked torch path (tests compare the two)
+_OPS: list = []
+
+
+def _ext():
+    """torch.ops.tensornet_fast with the compiled edge kernels (csrc/cpu_tensornet.cpp) when
+    the extension is built, else None (the torch path above, same numbers, slower)."""
+    if not USE_EXTENSION:
+        return None
+    if not _OPS:
+        ops = None
+        try:
+            from . import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
+
+            if hasattr(torch.ops.tensornet_fast, "cpu_message_fwd"):
+                ops = torch.ops.tensornet_fast
+        except ImportError:
+            pass
+        _OPS.append(ops)
+    return _OPS[0]
+
+
+def _grad_rhat(ggeo: Tensor, rhat: Tensor) -> Tensor:
+    """dE/d(rhat) [E, 3] from dE/d(geometry factors) [E, 9] (see _embedding_geometry)."""
+    return _S2 * ggeo[:, 1:4] + torch.einsum("cm,cmk->ck", ggeo[:, 4:], _s_jacobian(rhat))
+
+
+# ----------------------------------------------------------------------------- autograd glue
+class _MessagePass(torch.autograd.Function):
+    @staticmethod
+    @record_function("tnf.cpu.message_fwd")
+    def forward(ctx, edge_vec, y, g, filt):
+        ctx.g, ctx.filt = g, filt
+        y = y.contiguous()
+        ctx.save_for_backward(y)
+        ops = _ext()
+        if ops is None:
+            return message_forward(y, g, filt)
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        return ops.cpu_message_fwd(g.row_ptr, g.j, y, tab, idx, s, inv_h)
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.message_bwd")
+    def backward(ctx, gm):
+        (y,) = ctx.saved_tensors
+        ops, need_y = _ext(), ctx.needs_input_grad[1]
+        if ops is None:
+            gd, gy = message_backward(y, gm.contiguous(), ctx.g, ctx.filt, need_y)
+        else:
+            tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+            gd, gy = ops.cpu_message_bwd(
+                ctx.g.row_ptr, ctx.g.j, y, gm.contiguous(), tab, dtab, idx, s, inv_h, need_y
+            )
+            gy = gy if need_y else None
+        gv = ctx.g.edge_vec_grad(gd, None) if ctx.needs_input_grad[0] else None
+        return gv, gy, None, None
+
+
+class _EmbeddingPass(torch.autograd.Function):
+    @staticmethod
+    @record_function("tnf.cpu.embedding_fwd")
+    def forward(ctx, edge_vec, g, filt, ztab, pair):
+        ctx.g, ctx.filt, ctx.ztab, ctx.pair = g, filt, ztab, pair
+        ops = _ext()
+        if ops is None:
+            return embedding_forward(g, filt, ztab, pair)
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        return ops.cpu_embed_fwd(g.row_ptr, g.geometry(), ztab, pair, tab, idx, s, inv_h)
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.embedding_bwd")
+    def backward(ctx, gr):
+        ops, g = _ext(), ctx.g
+        if ops is None:
+            gd, grh = embedding_backward(gr.contiguous(), g, ctx.filt, ctx.ztab, ctx.pair)
+        else:
+            tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+            gd, ggeo = ops.cpu_embed_bwd(
+                g.row_ptr,
+                g.geometry(),
+                ctx.ztab,
+                ctx.pair,
+                gr.contiguous(),
+                tab,
+                dtab,
+                idx,
+                s,
+                inv_h,
+            )
+            grh = _grad_rhat(ggeo, g.rhat)
+        return ctx.g.edge_vec_grad(gd, grh), None, None, None, None
+
+
+# ----------------------------------------------------------------------------- the model
+def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
+    """emb2([emb(z_a); emb(z_b)]) for the species present [S*S, F], and each atom's species."""
+    species, zidx = torch.unique(z, return_inverse=True)
+    atom = emb.emb.weight[species]  # [S, F]
+    s = species.shape[0]
+    both = torch.cat((atom.repeat_interleave(s, 0), atom.repeat(s, 1)), 1)  # [S*S, 2F]
+    return F.linear(both, emb.emb2.weight, emb.emb2.bias), zidx, s
+
+
+def make_filters(model, g: Graph, deriv: bool) -> list:
+    """One filter source per radial filter (embedding, then layers) for this graph."""
+    config, rep = model.config, model.representation_model
+    if model.filter_mode == "tabulated":
+        return [TabulatedFilter(s, g.d) for s in model.cpu_splines()]
+    d_unique, inverse = torch.unique(g.d, return_inverse=True)
+    fns = [_embedding_filter_fn(rep, config)]
+    fns += [_layer_filter_fn(rep, layer, config) for layer in rep.layers]
+    return [ExactFilter(fn, d_unique, inverse, deriv) for fn in fns]
+
+
+def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
+    """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``."""
+    config, rep = model.config, model.representation_model
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    f_dim = config.embedding_dimension
+    g = Graph(nl, z.shape[0])
+    deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
+    with record_function("tnf.cpu.filters"):
+        filters = make_filters(model, g, deriv)
+    emb = rep.tensor_embedding
+
+    ztab, zidx, n_species = _pair_table(emb, z)
+    ztab = ztab.detach().contiguous()
+    pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
+    raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
+    norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
+    for lin in emb.linears_scalar:
+        norm = act(F.linear(norm, lin.weight, lin.bias))
+    n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
+    w = [lin.weight for lin in emb.linears_tensor]
+    x = torch.cat(
+        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
+    )  # [N, 9, F]
+
+    q3 = charge_factor[:, None, None]  # [N, 1, 1]
+    q4 = charge_factor[:, None, None, None]
+    o3 = config.equivariance_invariance_group == "O(3)"
+    for layer, filt in zip(rep.layers, filters[1:]):
+        wt = [lin.weight for lin in layer.linears_tensor]
+        x_bar = x / (sq_norm(x) + 1)[:, None, :]
+        y = block_linear(x_bar, wt[0], wt[1], wt[2])
+        m = _MessagePass.apply(nl.edge_vec, y, g, filt)
+        yf, mf = to_full(y), to_full(m)  # [N, 3, 3, F]
+        b = q4 * (_matmul3(mf, yf) + _matmul3(yf, mf)) if o3 else 2 * _matmul3(yf, mf)
+        b = from_full(b)
+        b = b / (sq_norm(b) + 1)[:, None, :]
+        dx = block_linear(b, wt[3], wt[4], wt[5])
+        dxf = to_full(dx)
+        x = x_bar + dx + q3 * from_full(_matmul3(dxf, dxf))
+
+    feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
+    feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
+    h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
+    return scalar_head(model.output_model.output_network.layers, config, h)

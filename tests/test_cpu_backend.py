@@ -1,0 +1,196 @@
+"""The "cpu" backend (tensornet_fast/cpu_backend.py, csrc/cpu_tensornet.cpp) against torchmd-net 3.1
+(pure path, tests/oracle.py) and the reference backend, in exact and tabulated filter modes.
+
+Small models (F=16, K=8) and systems (tens of atoms) keep this file well under a minute.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from oracle import load_oracle, make_checkpoint, oracle_energy_forces
+from systems import molecule_batch, water_box
+from tolerances import FAST_MODE_FACTOR, assert_close, relative_error
+
+import tensornet_fast as tnf
+from tensornet_fast import cpu_backend
+
+SMALL = dict(embedding_dimension=16, num_rbf=8)
+CASES = {
+    "o3_2layers": {},
+    "so3_2layers": {"equivariance_invariance_group": "SO(3)"},
+    "o3_0layers": {"num_layers": 0},
+    "so3_1layer": {"num_layers": 1, "equivariance_invariance_group": "SO(3)"},
+    "lower_cutoff": {"cutoff_lower": 0.9, "cutoff_upper": 4.5},
+    "gauss_rbf_tanh": {"rbf_type": "gauss", "num_rbf": 6, "activation": "tanh"},
+    "charge": {"charge": True},
+    "atomref_standardize": {"prior_model": {"Atomref": {"max_z": 20}}, "standardize": True},
+}
+DTYPES = {32: torch.float32, 64: torch.float64}
+Q = torch.tensor([1.0, -1.0, 0.0, 2.0])
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpu_backend")
+    out = {}
+    for k, (name, hp) in enumerate(CASES.items()):
+        for precision in DTYPES:
+            std = dict(mean=-2.5, std=1.7) if hp.get("standardize") else {}
+            out[name, precision] = make_checkpoint(
+                root / f"{name}_{precision}.ckpt",
+                seed=40 + k,
+                precision=precision,
+                **{**SMALL, **hp},
+                **std,
+            )
+    return out
+
+
+@pytest.mark.parametrize("precision", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_exact_mode_matches_torchmd_net_and_reference(ckpts, case, precision, parity_report):
+    dtype = DTYPES[precision]
+    z, pos, batch = molecule_batch(dtype=dtype)
+    q = Q.to(dtype) if CASES[case].get("charge") else None
+    path = ckpts[case, precision]
+    y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, batch, q=q)
+    model = tnf.load_model(path, backend="cpu")
+    assert model.backend == "cpu" and model.filter_mode == "exact"
+    y, f = model(z, pos, batch, q=q)
+    errs = (
+        assert_close(y, y_tmd, dtype, "energy", case),
+        assert_close(f, f_tmd, dtype, "forces", case),
+    )
+    parity_report(f"cpu-exact {case}", precision, *errs)
+    y_ref, f_ref = tnf.load_model(path, backend="reference")(z, pos, batch, q=q)
+    assert_close(y, y_ref, dtype, "energy", case)
+    assert_close(f, f_ref, dtype, "forces", case)
+    assert f_tmd.abs().max() > 1e-3  # non-trivial forces, so the comparison can fail
+
+
+@pytest.mark.parametrize("precision", DTYPES)
+def test_periodic_box(tmp_path, precision, parity_report):
+    """81 waters' atoms in a 9.75 A box with r_c = 4.5 (torchmd-net needs r_c <= half the box)."""
+    dtype = DTYPES[precision]
+    path = make_checkpoint(
+        tmp_path / "pbc.ckpt", seed=7, precision=precision, cutoff_upper=4.5, **SMALL
+    )
+    z, pos, box = water_box(3, spacing=3.25, seed=5, dtype=dtype)
+    y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, box=box)
+    for mode in cpu_backend.FILTER_MODES:
+        y, f = tnf.load_model(path, backend="cpu", filter_mode=mode)(z, pos, box=box)
+        if mode == "exact":
+            errs = (
+                assert_close(y, y_tmd, dtype, "energy", "pbc"),
+                assert_close(f, f_tmd, dtype, "forces", "pbc"),
+            )
+            parity_report("cpu-exact periodic", precision, *errs)
+        else:  # the table error is below float32 rounding (see test_tabulated_error_bound)
+            assert relative_error(f, f_tmd) < 1e-5 and relative_error(y, y_tmd) < 2e-6
+
+
+def _fp64_errors(path, z, pos, batch, mode, precision):
+    """(energy, force) relative errors of the cpu backend at `precision` vs the float64
+    reference backend running the same weights."""
+    y64, f64 = tnf.load_model(path, backend="reference", precision=64)(z, pos, batch)
+    model = tnf.load_model(path, backend="cpu", filter_mode=mode, precision=precision)
+    y, f = model(z, pos.to(model.dtype), batch)
+    return relative_error(y, y64), relative_error(f, f64)
+
+
+@pytest.mark.parametrize("case", ["o3_2layers", "so3_2layers", "lower_cutoff"])
+def test_tabulated_error_bound(ckpts, case):
+    """SPEC.md: a fast mode stays within FAST_MODE_FACTOR x the error of the exact float32 path
+    (both against float64). The table's own error (float64 tabulated) is far below it; measured
+    ~4e-11 energy, ~3e-8 forces with 2048 intervals."""
+    z, pos, batch = molecule_batch(dtype=torch.float64)
+    path = ckpts[case, 32]
+    e32, f32 = _fp64_errors(path, z, pos, batch, "exact", 32)
+    et32, ft32 = _fp64_errors(path, z, pos, batch, "tabulated", 32)
+    et64, ft64 = _fp64_errors(path, z, pos, batch, "tabulated", 64)
+    assert et32 <= FAST_MODE_FACTOR * max(e32, 1e-7), (et32, e32)
+    assert ft32 <= FAST_MODE_FACTOR * max(f32, 1e-7), (ft32, f32)
+    assert et64 < 1e-8 and ft64 < 1e-6, (et64, ft64)
+    # a coarse table must be visibly worse: the test can detect a wrong spline
+    model = tnf.load_model(path, backend="cpu", filter_mode="tabulated", precision=64)
+    model._splines = ((model.dtype, model.device), cpu_backend.build_splines(model, 16))
+    y64, f64 = tnf.load_model(path, backend="reference", precision=64)(z, pos, batch)
+    assert relative_error(model(z, pos, batch)[1], f64) > 10 * ft64
+
+
+@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
+@pytest.mark.parametrize("group", ["O(3)", "SO(3)"])
+def test_gradcheck(tmp_path, mode, group):
+    """Forces are the exact gradient of the same function (for tabulated: of the splines)."""
+    path = make_checkpoint(
+        tmp_path / "g.ckpt",
+        seed=12,
+        precision=64,
+        embedding_dimension=8,
+        num_rbf=6,
+        cutoff_lower=0.5,
+        equivariance_invariance_group=group,
+        charge=True,
+    )
+    model = tnf.load_model(path, backend="cpu", filter_mode=mode, derivative=False)
+    z, pos, batch = molecule_batch(("CH3OH", "H2O"), jitter=0.1)
+    q = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+    def energy(p):
+        return model(z, p, batch, q=q)[0]
+
+    assert torch.autograd.gradcheck(
+        energy, (pos.clone().requires_grad_(True),), eps=1e-6, atol=1e-8, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
+def test_compiled_kernels_match_torch_path(ckpts, mode, monkeypatch):
+    if cpu_backend._ext() is None:
+        pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
+    z, pos, batch = molecule_batch(dtype=torch.float64)
+    model = tnf.load_model(ckpts["so3_2layers", 64], backend="cpu", filter_mode=mode)
+    y_c, f_c = model(z, pos, batch)
+    monkeypatch.setattr(cpu_backend, "USE_EXTENSION", False)
+    y_t, f_t = model(z, pos, batch)
+    assert_close(y_c, y_t, torch.float64, "energy")
+    assert_close(f_c, f_t, torch.float64, "forces")
+
+
+@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
+def test_deterministic(ckpts, mode):
+    z, pos, batch = molecule_batch(dtype=torch.float32)
+    model = tnf.load_model(ckpts["o3_2layers", 32], backend="cpu", filter_mode=mode)
+    y1, f1 = model(z, pos, batch)
+    y2, f2 = model(z, pos, batch)
+    assert torch.equal(y1, y2) and torch.equal(f1, f2)
+
+
+def test_backend_selection(ckpts, monkeypatch):
+    path = ckpts["so3_1layer", 64]
+    assert "cpu" in tnf.available_backends()
+    assert tnf.load_model(path).backend == "cpu"  # auto on a CPU device
+    monkeypatch.setenv("TENSORNET_FAST_BACKEND", "cpu")
+    assert tnf.load_model(path).backend == "cpu"
+    monkeypatch.setenv("TENSORNET_FAST_BACKEND", "reference")
+    assert tnf.load_model(path).backend == "reference"
+    assert tnf.load_model(path, backend="cpu").backend == "cpu"  # argument beats environment
+    with pytest.raises(ValueError, match="filter_mode"):
+        tnf.load_model(path, backend="cpu", filter_mode="spline")
+    with pytest.raises(ValueError, match="needs backend='cpu'"):
+        tnf.load_model(path, backend="reference", filter_mode="tabulated")
+
+
+def test_training_mode_uses_reference_math(ckpts):
+    """The cpu edge passes give no parameter gradients: training mode must run the reference
+    math (parameter gradients flow, numbers unchanged)."""
+    z, pos, batch = molecule_batch(dtype=torch.float64)
+    model = tnf.load_model(ckpts["o3_2layers", 64], backend="cpu")
+    y_eval, _ = model(z, pos, batch)
+    model.train()
+    y, _ = model(z, pos, batch)
+    y.sum().backward()
+    w = model.representation_model.layers[0].linears_scalar[0].weight
+    assert w.grad is not None and w.grad.abs().max() > 0
+    assert_close(y, y_eval, torch.float64, "energy")
