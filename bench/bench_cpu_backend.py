@@ -244,8 +244,9 @@ def main(argv=None) -> int:
             edges=res.get("edges", ""),
             warmup_s=res.get("first_s", ""),
             median_s=res["median_s"],
-            p20_s=res.get("p20_s", ""),
-            p80_s=res.get("p80_s", ""),
+            # a single timed run (the per-stage profile) has no spread: p20 = p80 = median
+            p20_s=res.get("p20_s", res["median_s"]),
+            p80_s=res.get("p80_s", res["median_s"]),
             repeats=res.get("repeats", 1),
             threads=res.get("threads", env["threads"]),
             ns_per_atom=res["median_s"] / n * 1e9,

@@ -234,7 +234,9 @@ class Graph:
         self.n = n_atoms
         self.e = self.i.shape[0]
         self.d = nl.edge_dist.detach().contiguous()  # [E]
-        self.not_self = (self.i != self.j).to(self.d.dtype)  # [E], 0 on self-loops
+        # [E], 0 on self-loops. A self-loop is the one edge with d = 0 (coincident atoms are
+        # rejected before): an atom's own periodic image (i == j, lattice shift) is a real edge.
+        self.not_self = (self.d != 0).to(self.d.dtype)
         safe = torch.where(self.not_self > 0, self.d, torch.ones_like(self.d))
         self.rhat = (nl.edge_vec.detach() / safe[:, None] * self.not_self[:, None]).contiguous()
         self.safe_d = safe

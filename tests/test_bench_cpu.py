@@ -25,7 +25,7 @@ def water():
 
 def test_reference_energy_forces_water_box(benchmark, water):
     z, pos, box = water
-    model = load_model("default", backend="reference")  # bundled trained model: F=48, 2 layers, r_c = 5
+    model = load_model("default", backend="reference")  # bundled model: F=48, 2 layers, r_c=5
     rng = itertools.count()
 
     def step():  # rotate inputs: a different displacement every round

@@ -17,8 +17,8 @@ from tensornet_fast.calculator import TensorNetCalculator
 
 
 @pytest.fixture(scope="module")
-def model64(tmp_path_factory):
-    path = make_checkpoint(
+def ckpt64(tmp_path_factory):
+    return make_checkpoint(
         tmp_path_factory.mktemp("calc") / "c.ckpt",
         seed=31,
         precision=64,
@@ -37,7 +37,11 @@ def model64(tmp_path_factory):
             }
         ],
     )
-    return tnf.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def model64(ckpt64):
+    return tnf.load_model(ckpt64)
 
 
 def _water_atoms(n=2, spacing=3.3, seed=0, skew=True):
@@ -127,9 +131,11 @@ def test_lattice_shift_and_wrap_invariance(model64):
     assert wrapped.get_potential_energy() == pytest.approx(e, rel=1e-12)
 
 
-def test_small_cell_many_images(model64):
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_small_cell_many_images(ckpt64, backend):
     """A 3.6 A cell with r_c = 4 A (each atom sees its own periodic images): the energy per cell
     equals that of a 2x2x2 supercell / 8, and the stress still matches finite differences."""
+    model64 = tnf.load_model(ckpt64, backend=backend)
     atoms = _water_atoms(n=1, spacing=3.6, seed=2)
     atoms.calc = TensorNetCalculator(model64)
     e = atoms.get_potential_energy()
