@@ -59,9 +59,10 @@ def load_split(path: str, split: str) -> Dataset:
 
 
 def use_pure_pytorch_tensornet() -> None:
-    """torchmd-net's pure-PyTorch TensorNet (no Warp kernels): set before building the model."""
-    import torchmdnet.models.tensornet as tn
+    """torchmd-net's pure-PyTorch TensorNet (no Warp kernels): set before building the model.
+    The switch itself is the tests' oracle one (tests/oracle.py), applied when it is imported."""
+    import os
+    import sys
 
-    tn.OPT = False
-    for name in ("compose_tensor", "decompose_tensor", "tensor_matmul_o3", "tensor_matmul_so3"):
-        setattr(tn, name, getattr(tn, "_" + name))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
+    import oracle  # noqa: F401  (importing it switches torchmd-net to its pure path)
