@@ -34,6 +34,7 @@ class TensorNetModel(nn.Module):
         derivative: bool = True,
         backend: str = "auto",
         filter_mode: str = "exact",
+        device: str | torch.device = "cpu",
     ):
         super().__init__()
         if filter_mode not in cpu_backend.FILTER_MODES:
@@ -42,7 +43,9 @@ class TensorNetModel(nn.Module):
             )
         self.config = config
         self.derivative = derivative
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_backend(backend, device=str(device))
+        # "auto" may still change its mind per call (a model moved to another device).
+        self._backend_explicit = self.backend != "reference" and backend not in (None, "", "auto")
         if filter_mode != "exact" and self.backend != "cpu":
             raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu'")
         self.filter_mode = filter_mode
@@ -183,7 +186,13 @@ class TensorNetModel(nn.Module):
         # The one backend switch. The cpu backend's edge passes are inference-only (forces, no
         # parameter gradients, no double backward), so training mode runs the reference math.
         if self.backend == "cpu" and not self.training:
-            return cpu_backend.atomic_energies(self, z, nl, charge_factor)
+            if pos.device.type == "cpu":
+                return cpu_backend.atomic_energies(self, z, nl, charge_factor)
+            if self._backend_explicit:
+                raise InputError(
+                    f"backend='cpu' runs on CPU tensors, got {pos.device}: load the model with "
+                    "backend='auto' or 'reference' for this device"
+                )
         return reference.atomic_energies(
             self.representation_model,
             self.output_model.output_network.layers,
@@ -359,8 +368,11 @@ def build_model(
     derivative: bool = True,
     backend: str = "auto",
     filter_mode: str = "exact",
+    device: str | torch.device = "cpu",
 ) -> TensorNetModel:
-    model = TensorNetModel(config, derivative=derivative, backend=backend, filter_mode=filter_mode)
+    model = TensorNetModel(
+        config, derivative=derivative, backend=backend, filter_mode=filter_mode, device=device
+    )
     _resize_to_checkpoint(model, state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -437,6 +449,7 @@ def load_model(
         path = NAMED_MODELS[path]
     config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
     model = build_model(
-        config, state, derivative=derivative, backend=backend, filter_mode=filter_mode
+        config, state, derivative=derivative, backend=backend, filter_mode=filter_mode,
+        device=device,
     )
     return model.to(device)

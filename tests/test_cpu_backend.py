@@ -180,6 +180,10 @@ def test_backend_selection(ckpts, monkeypatch):
         tnf.load_model(path, backend="cpu", filter_mode="spline")
     with pytest.raises(ValueError, match="needs backend='cpu'"):
         tnf.load_model(path, backend="reference", filter_mode="tabulated")
+    # auto picks per device: the cpu backend only serves CPU tensors
+    monkeypatch.delenv("TENSORNET_FAST_BACKEND")
+    assert tnf.resolve_backend("auto", device="cuda") == "reference"
+    assert tnf.resolve_backend("auto", device="cpu") == "cpu"
 
 
 def test_training_mode_uses_reference_math(ckpts):
