@@ -165,19 +165,6 @@ class TensorNetModel(nn.Module):
             raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
         return nl
 
-    def energy(
-        self,
-        z: Tensor,
-        pos: Tensor,
-        batch: Tensor,
-        box: Tensor | None,
-        charge_factor: Tensor,
-        n_mol: int,
-    ) -> Tensor:
-        """Per-molecule energy [n_mol, 1] for validated, batch-sorted inputs."""
-        eps = self.model_output(z, pos, batch, box, charge_factor)
-        return self.reduce_energy(eps, z, pos, batch, box, n_mol)
-
     def model_output(
         self, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, charge_factor: Tensor
     ) -> Tensor:
@@ -219,14 +206,27 @@ class TensorNetModel(nn.Module):
                 pairs.append(d2_pair_energies(prior, z, pos, batch))
         return pairs
 
-    def reduce_energy(
-        self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
-    ) -> Tensor:
-        """epsilon_i * std (+ atomref) -> per molecule (+ mean) (+ ZBL, D2): [n_mol, 1], summed
-        in torchmd-net's order (in float32 another order moves the result by ~1e-6)."""
+    def _scaled_outputs(self, eps: Tensor, z: Tensor) -> Tensor:
+        """epsilon_i * std (+ atomref), per atom [N, 1]."""
         eps = eps * self.std
         for prior in self._priors("Atomref"):
             eps = eps + atomref_energy(prior, z)
+        return eps
+
+    def reduce_energy(
+        self,
+        eps: Tensor,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor,
+        box: Tensor | None,
+        n_mol: int,
+        pairs: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """epsilon_i * std (+ atomref) -> per molecule (+ mean) (+ ZBL, D2): [n_mol, 1], summed
+        in torchmd-net's order (in float32 another order moves the result by ~1e-6).
+        ``pairs``: ``_pair_priors(...)`` when the caller already has them."""
+        eps = self._scaled_outputs(eps, z)
         y = torch.zeros(n_mol, 1, dtype=eps.dtype, device=eps.device).index_add(0, batch, eps)
         if self.config.reduce_op == "mean":
             # torchmd-net reduces with scatter_reduce(..., "mean") on a zero tensor, whose
@@ -235,24 +235,29 @@ class TensorNetModel(nn.Module):
             count = torch.bincount(batch, minlength=n_mol).to(eps.dtype)
             y = y / (count + 1)[:, None]
         y = y + self.mean
-        for pair, receiver in self._pair_priors(z, pos, batch, box):
+        if pairs is None:
+            pairs = self._pair_priors(z, pos, batch, box)
+        for pair, receiver in pairs:
             y = y + torch.zeros_like(y[:, 0]).index_add(0, batch[receiver], pair)[:, None]
         return y
 
     def atom_contributions(
-        self, eps: Tensor, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None, n_mol: int
+        self,
+        eps: Tensor,
+        z: Tensor,
+        batch: Tensor,
+        n_mol: int,
+        pairs: list[tuple[Tensor, Tensor]],
     ) -> Tensor:
         """Per-atom energies [N] summing (to rounding) to ``reduce_energy``: epsilon_i * std
         (+ atomref) reduced as torchmd-net does, an equal share of the mean, and half of each
-        ZBL/D2 pair the atom is in."""
-        e = eps[:, 0] * self.std
-        for prior in self._priors("Atomref"):
-            e = e + atomref_energy(prior, z)[:, 0]
+        ZBL/D2 pair (``pairs`` from ``_pair_priors``) the atom is in."""
+        e = self._scaled_outputs(eps, z)[:, 0]
         count = torch.bincount(batch, minlength=n_mol).to(e.dtype)
         if self.config.reduce_op == "mean":
             e = e / (count + 1)[batch]
         e = e + (self.mean / count.clamp_min(1))[batch]
-        for pair, receiver in self._pair_priors(z, pos, batch, box):
+        for pair, receiver in pairs:
             e = e.index_add(0, receiver, pair)
         return e
 
@@ -319,18 +324,17 @@ class TensorNetModel(nn.Module):
             )
             positions, cell = leaf, box
             if stress:
-                cell = box_per_molecule(box, n_mol, pos_in)
-                strain = torch.zeros_like(cell).requires_grad_(True)  # [n_mol, 3, 3]
-                deform = torch.eye(3, dtype=cell.dtype, device=cell.device) + strain
+                cells = box_per_molecule(box, n_mol, pos_in)  # [n_mol, 3, 3]
+                strain = torch.zeros_like(cells).requires_grad_(True)
+                deform = torch.eye(3, dtype=cells.dtype, device=cells.device) + strain
                 positions = torch.einsum("na,nab->nb", leaf, deform[batch])
-                cell = cell @ deform
+                cell = cells @ deform
             eps = self.model_output(z, positions, batch, cell, charge_factor)
-            energy = self.reduce_energy(eps, z, positions, batch, cell, n_mol)
+            pairs = self._pair_priors(z, positions, batch, cell)
+            energy = self.reduce_energy(eps, z, positions, batch, cell, n_mol, pairs)
             out = {"energy": energy}
             if atom_energies:
-                out["atom_energies"] = self.atom_contributions(
-                    eps, z, positions, batch, cell, n_mol
-                )
+                out["atom_energies"] = self.atom_contributions(eps, z, batch, n_mol, pairs)
             inputs = ([leaf] if forces else []) + ([strain] if stress else [])
             grads = (
                 torch.autograd.grad(energy.sum(), inputs, create_graph=keep_graph) if inputs else []
@@ -338,7 +342,7 @@ class TensorNetModel(nn.Module):
         if forces:
             out["forces"] = -grads[0]
         if stress:
-            volume = torch.linalg.det(box_per_molecule(box, n_mol, pos_in)).abs()
+            volume = torch.linalg.det(cells.detach()).abs()
             virial = grads[-1]
             out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
         if order is not None:
