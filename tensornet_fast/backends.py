@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = ("auto", "reference", "cpu", "triton")
 ENV_VAR = "TENSORNET_FAST_BACKEND"
 _warned: set[str] = set()
 
@@ -20,9 +20,23 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
+def _triton_status() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'tensornet-fast[triton]')"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU, slowly)"
+    return None
+
+
 def _available() -> dict[str, str | None]:
     """backend -> None if usable here, else the reason it is not."""
-    return {"reference": None, "cpu": None}
+    return {"reference": None, "cpu": None, "triton": _triton_status()}
 
 
 def available_backends() -> list[str]:
@@ -45,10 +59,13 @@ def resolve_backend(requested: str | None = None, device: str = "cpu") -> str:
         if why is not None:
             raise BackendUnavailable(f"backend {name!r} is not available: {why}")
         return name
-    # auto: the fused backends will be preferred here once they land. On CPU the "cpu" backend
-    # (exact within tests/tolerances.py of torchmd-net, tests/test_cpu_backend.py) is faster.
-    if str(device).startswith("cpu") and status.get("cpu") is None:
+    # auto: on CPU the "cpu" backend (exact within tests/tolerances.py of torchmd-net,
+    # tests/test_cpu_backend.py); on CUDA the fused Triton kernels (tests/test_triton_backend.py).
+    if str(device).startswith("cpu"):
         return "cpu"
+    if status["triton"] is None:
+        return "triton"
+    warn_once("auto-triton", f"backend 'auto' falls back to 'reference': {status['triton']}")
     return "reference"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cpu_backend, reference
+from . import cpu_backend, reference, triton_backend
 from .backends import resolve_backend, warn_once
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
@@ -46,8 +46,8 @@ class TensorNetModel(nn.Module):
         self.backend = resolve_backend(backend, device=str(device))
         # "auto" may still change its mind per call (a model moved to another device).
         self._backend_explicit = self.backend != "reference" and backend not in (None, "", "auto")
-        if filter_mode != "exact" and self.backend != "cpu":
-            raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu'")
+        if filter_mode != "exact" and self.backend not in ("cpu", "triton"):
+            raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu' or 'triton'")
         self.filter_mode = filter_mode
         self._splines: tuple | None = None
         self.representation_model = RepresentationParams(config)
@@ -170,8 +170,17 @@ class TensorNetModel(nn.Module):
     ) -> Tensor:
         """The network's per-atom output epsilon_i [N, 1] (before std, priors, reduction)."""
         nl = self.neighbor_list(pos, batch, box)
-        # The one backend switch. The cpu backend's edge passes are inference-only (forces, no
-        # parameter gradients, no double backward), so training mode runs the reference math.
+        # The one backend switch. The cpu and triton backends' edge passes are inference-only
+        # (forces, no parameter gradients, no double backward), so training mode runs the
+        # reference math.
+        if self.backend == "triton" and not self.training:
+            if triton_backend.supports_device(pos.device):
+                return triton_backend.atomic_energies(self, z, nl, charge_factor)
+            if self._backend_explicit:
+                raise InputError(
+                    f"backend='triton' runs on CUDA tensors (or CPU tensors with "
+                    f"TRITON_INTERPRET=1), got {pos.device}"
+                )
         if self.backend == "cpu" and not self.training:
             if pos.device.type == "cpu":
                 return cpu_backend.atomic_energies(self, z, nl, charge_factor)
@@ -414,8 +423,11 @@ def build_model(
     if nonfinite:
         raise CheckpointError(f"checkpoint weights contain NaN/inf: {nonfinite[:5]}")
     model.load_state_dict(dict(state), strict=True)
-    if filter_mode == "tabulated":
-        model.cpu_splines()  # build the tables at load time, not on the first call
+    if filter_mode == "tabulated":  # build the tables at load time, not on the first call
+        if model.backend == "triton":
+            triton_backend.splines(model)
+        else:
+            model.cpu_splines()
     return model.eval()
 
 
@@ -435,10 +447,10 @@ def load_model(
             loaded checkpoint/state-dict mapping.
         device: where the model lives.
         derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
-        backend: ``"auto"``, ``"reference"``, ``"cpu"`` (see
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` (see
             ``tensornet_fast.available_backends()``); ``TENSORNET_FAST_BACKEND`` sets the default.
-            ``auto`` on a CPU device is ``"cpu"``.
-        filter_mode: radial filters of the ``"cpu"`` backend: ``"exact"`` (the MLP, once per
+            ``auto`` on a CPU device is ``"cpu"``, on CUDA ``"triton"`` when Triton is installed.
+        filter_mode: radial filters of the ``"cpu"`` and ``"triton"`` backends: ``"exact"`` (the MLP, once per
             distinct distance) or ``"tabulated"`` (cubic splines in d built here at load time,
             forces from the spline's derivative; error vs float64 at float32 rounding level,
             see tensornet_fast/cpu_backend.py).

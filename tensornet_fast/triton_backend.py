@@ -1,0 +1,177 @@
+"""The Triton backend (``backend="triton"``): TensorNet's forward and force backward on fused
+Triton kernels (kernels/), in the compressed [N, 9, F] layout of the cpu backend.
+
+Kernels (each a ``torch.library.custom_op`` with a fake implementation and autograd):
+
+* ``kernels/radial_filter.py``: the filter MLPs (embedding projection and every layer's
+  K -> F -> 2F -> 3F) with their d-derivatives, once per DISTINCT distance (exact mode), or the
+  tabulated mode's cubic Hermite splines (built once per model, evaluated inside the edge kernels);
+* ``kernels/edge_passes.py``: the embedding and message passes as CSR segment reductions over the
+  receiver-sorted radius graph (no per-edge [E, 9, F] tensor), and their force backward per edge;
+* ``kernels/tensor_products.py``: the per-atom 3x3 products with the normalisation, and the
+  update X_bar + dX + q dX dX, forward and backward.
+
+Dense node-level pieces stay in PyTorch: channel linears are GEMMs ([N * k, F] x [F, F], cuBLAS),
+LayerNorms and the small output MLP. Positions enter through d (``nl.edge_dist``) and the
+per-edge geometry factors of r_hat [E, 9]; autograd carries dE/dd and dE/dgeo back to positions.
+
+The kernels need CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` (how CI tests them).
+This backend is for inference (energies, forces, stress); training mode uses the reference math.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+from .cpu_backend import (
+    TABLE_INTERVALS,
+    Spline,
+    _embedding_filter_fn,
+    _embedding_geometry,
+    _layer_filter_fn,
+    _pair_table,
+    block_linear,
+    sq_norm,
+)
+from .ops.radial import ACTIVATION_FUNCTIONS
+from .reference import scalar_head
+
+_EMPTY: dict = {}
+
+
+def _kernels():
+    """The kernel modules, imported on first use (importing Triton costs ~1 s)."""
+    if not _EMPTY:
+        from .kernels import edge_passes, radial_filter, tensor_products
+
+        _EMPTY.update(edges=edge_passes, filt=radial_filter, prod=tensor_products)
+    return _EMPTY
+
+
+def interpreter_active() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def supports_device(device: torch.device) -> bool:
+    """Whether the kernels can run on tensors of this device here."""
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_active())
+
+
+# ----------------------------------------------------------------------------- per-model state
+def _model_cache(model, key: tuple, build):
+    cache = model.__dict__.setdefault("_triton_cache", {})
+    if key not in cache:
+        cache.clear() if len(cache) > 8 else None
+        cache[key] = build()
+    return cache[key]
+
+
+def filter_weights(model) -> list:
+    """Padded filter parameters per radial filter (embedding first, then each layer)."""
+    rep, config = model.representation_model, model.config
+    fw = _kernels()["filt"].FilterWeights
+    return _model_cache(
+        model,
+        ("weights", model.dtype, model.device),
+        lambda: [fw(rep, None, config, model.dtype, model.device)]
+        + [fw(rep, layer, config, model.dtype, model.device) for layer in rep.layers],
+    )
+
+
+def splines(model, intervals: int = TABLE_INTERVALS) -> list[tuple[Tensor, float, float]]:
+    """(coefficients [n, 4, 3F] on the model's device, lower bound, 1/h) per radial filter,
+    built in float64 on the CPU from a float64 copy of the weights."""
+
+    def build():
+        config = model.config
+        rep64 = copy.deepcopy(model.representation_model).to("cpu", torch.float64)
+        fns = [_embedding_filter_fn(rep64, config)]
+        fns += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
+        lo, hi = config.cutoff_lower, config.cutoff_upper
+        out = []
+        for fn in fns:
+            sp = Spline(fn, lo, hi, intervals, model.dtype)
+            out.append((sp.coef.to(model.device), sp.lo, 1.0 / sp.h))
+        return out
+
+    return _model_cache(model, ("splines", model.dtype, model.device, intervals), build)
+
+
+class _Filters:
+    """Kernel arguments (tab, dtab, idx, lo, inv_h, tabulated) per radial filter for one graph."""
+
+    def __init__(self, model, d: Tensor, deriv: bool):
+        self.args = []
+        empty_idx = torch.zeros(0, dtype=torch.int64, device=d.device)
+        if model.filter_mode == "tabulated":
+            for coef, lo, inv_h in splines(model):
+                self.args.append((coef, coef, empty_idx, lo, inv_h, True))
+            return
+        # d_ij == d_ji bitwise, so the distinct distances are at most one per unordered pair.
+        d_unique, inverse = torch.unique(d, return_inverse=True)
+        radial_filter = _kernels()["filt"].radial_filter
+        lo = float(model.config.cutoff_lower)
+        for w in filter_weights(model):
+            tab, dtab = radial_filter(d_unique, w, deriv)
+            self.args.append((tab, dtab if deriv else tab, inverse, lo, 1.0, False))
+
+
+# ----------------------------------------------------------------------------- the model
+def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
+    """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``."""
+    k = _kernels()
+    edges, prod = k["edges"], k["prod"]
+    config: ModelConfig = model.config
+    rep = model.representation_model
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    f_dim = config.embedding_dimension
+
+    d = nl.edge_dist  # [E], differentiable; exactly 0 on self-loops
+    vec = nl.edge_vec
+    row_ptr = nl.row_ptr.contiguous()
+    row, col = nl.edge_index[0].contiguous(), nl.edge_index[1].contiguous()
+    not_self = (d != 0).to(d.dtype)[:, None]
+    safe = torch.where(d != 0, d, torch.ones_like(d))[:, None]
+    rhat = vec / safe * not_self  # [E, 3], 0 on self-loops
+    geo = _embedding_geometry(rhat).contiguous()  # [E, 9]
+    deriv = torch.is_grad_enabled() and d.requires_grad
+    with torch.no_grad():
+        filters = _Filters(model, d.detach(), deriv)
+
+    emb = rep.tensor_embedding
+    ztab, zidx, n_species = _pair_table(emb, z)
+    ztab = ztab.detach().contiguous()
+    pair = (zidx[row] * n_species + zidx[col]).contiguous()  # [E] row of ztab
+    tab, dtab, idx, lo, inv_h, tabulated = filters.args[0]
+    raw = edges.embed(geo, d, pair, ztab, row_ptr, row, tab, dtab, idx, lo, inv_h, tabulated)
+    norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
+    for lin in emb.linears_scalar:
+        norm = act(F.linear(norm, lin.weight, lin.bias))
+    n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
+    w = [lin.weight for lin in emb.linears_tensor]
+    x = torch.cat(
+        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
+    )  # [N, 9, F]
+
+    q = charge_factor.to(x.dtype).contiguous()  # [N]
+    o3 = config.equivariance_invariance_group == "O(3)"
+    for layer, (tab, dtab, idx, lo, inv_h, tabulated) in zip(rep.layers, filters.args[1:]):
+        wt = [lin.weight for lin in layer.linears_tensor]
+        x_bar = x / (sq_norm(x) + 1)[:, None, :]
+        y = block_linear(x_bar, wt[0], wt[1], wt[2])
+        m = edges.message(y, d, row_ptr, row, col, tab, dtab, idx, lo, inv_h, tabulated)
+        b = prod.product(y, m, q, o3)  # normalised
+        dx = block_linear(b, wt[3], wt[4], wt[5])
+        x = prod.update(x_bar, dx, q)
+
+    feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
+    feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
+    h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
+    return scalar_head(model.output_model.output_network.layers, config, h)
