@@ -9,6 +9,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The GPU lane (bench/run_gpu.sh) sets TNF_GPU_LANE=1: there CUDA must be present, and the
+# Triton tests run on it. Everywhere else Triton kernels run under its interpreter on CPU
+# tensors, which must be switched on before Triton is first imported.
+if os.environ.get("TNF_GPU_LANE") == "1":
+    import torch
+
+    assert torch.cuda.is_available(), "TNF_GPU_LANE=1 but torch sees no CUDA device"
+else:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 _PARITY: list[tuple[str, int, float, float]] = []
 
 
