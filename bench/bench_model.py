@@ -39,10 +39,19 @@ TESTS = os.path.join(ROOT, "tests")
 PEERS = ("torchmd-net:default", "torchmd-net:pure")
 
 
-def default_implementations() -> list[str]:
+def default_implementations(device: str = "cpu") -> list[str]:
+    """Our backends that serve this device (``<backend>/tabulated`` = tabulated filters) and the
+    torchmd-net peers. The Triton interpreter on CPU is a test vehicle, not a benchmark."""
     from tensornet_fast import available_backends
 
-    ours = [f"tensornet_fast:{b}" for b in available_backends()]
+    names = available_backends()
+    if str(device).startswith("cuda"):
+        names = [b for b in names if b != "cpu"]
+        if "triton" in names:
+            names.append("triton/tabulated")
+    else:
+        names = [b for b in names if b != "triton"]
+    ours = [f"tensornet_fast:{b}" for b in names]
     peers = []
     if importlib.util.find_spec("torchmdnet") is not None:
         # torchmd-net's default path IS its Warp path when warp-lang is installed; without warp
@@ -78,7 +87,8 @@ def _load(impl: str, ckpt: str, device: str, max_neighbors: int):
     if family == "tensornet_fast":
         from tensornet_fast import load_model
 
-        model = load_model(ckpt, device=device, backend=backend)
+        backend, _, mode = backend.partition("/")
+        model = load_model(ckpt, device=device, backend=backend, filter_mode=mode or "exact")
         return (lambda z, p, b, box: model(z, p, batch=b, box=box)), f"backend={model.backend}"
     import warnings
 
@@ -212,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=128)
     p.add_argument("--rbf", type=int, default=32)
     p.add_argument("--impls", default="auto",
-                   help="comma list of tensornet_fast:<backend>, torchmd-net:default, "
-                   "torchmd-net:pure; 'auto' = every available backend + both peers")
+                   help="comma list of tensornet_fast:<backend>[/tabulated], torchmd-net:default, "
+                   "torchmd-net:pure; 'auto' = every available backend for --device (on CUDA "
+                   "also triton/tabulated) + both peers")
     p.add_argument("--max-atoms", action="append", default=[], metavar="IMPL=N",
                    help="skip IMPL above N atoms (recorded as a skip with this reason)")
     p.add_argument("--repeats", type=int, default=5)
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         args.features, args.rbf, args.layers, args.cutoffs = 16, 8, "1", "5"
         args.repeats, args.sizes = 2, "192" if args.scenario == "water" else "4"
     isolate = args.isolate or ("impl" if args.tiny else "case")
-    impls = default_implementations() if args.impls == "auto" else args.impls.split(",")
+    impls = (default_implementations(args.device) if args.impls == "auto"
+             else args.impls.split(","))
     caps = _parse_caps(args.max_atoms)
     models = [(args.features, args.rbf, int(L), float(rc))
               for rc in args.cutoffs.split(",") for L in args.layers.split(",")]
@@ -308,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             work = roofline.model_work(F, K, L, c["edges"] / c["atoms"])
             med = res["median_s"]
             family, backend = impl.split(":")
+            backend, _, mode = backend.partition("/")
             notes = [f"model={c['tag']}", f"scenario={c['scenario']}",
                      f"isolate={isolate}", res.get("notes", ""),
                      f"worker_maxrss_mb={res['maxrss_mb']:.0f}"]
@@ -315,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append("tiny=1")
             rows.append({
                 **env, "threads": res["threads"], "benchmark": "model",
-                "implementation": family, "backend": backend, "mode": "exact",
+                "implementation": family, "backend": backend, "mode": mode or "exact",
                 "dtype": "float32", "system": c["system"], "atoms": c["atoms"],
                 "edges": c["edges"], "batch": c["molecules"],
                 **{k: res[k] for k in ("warmup_s", "median_s", "p20_s", "p80_s", "repeats")},

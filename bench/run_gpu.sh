@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine without internet access. Installs nothing: it uses the Python
 # that already has torch (+ triton) and torchmd-net ($PYTHON, else .venv/bin/python, else python3).
-#   bash bench/run_gpu.sh [NAME]        # FULL=1 runs the whole test suite instead of -m gpu
+#   bash bench/run_gpu.sh [NAME]        # FULL=1 runs the whole test suite, else -m 'gpu or triton'
 # Writes everything (CSV, PNG, ROOFLINE.md, HEADLINE.md, logs, test report) under
 # bench/results/NAME (default gpu-<UTC date>-<git sha>) and prints that folder at the end.
 set -euo pipefail
@@ -32,8 +32,10 @@ PYEOF
 mkdir -p "$out"
 
 tests_rc=0
-if [ "${FULL:-0}" = 1 ]; then marker=(); else marker=(-m gpu); fi
-"$PY" -m pytest -q "${marker[@]}" --benchmark-disable --junitxml "$out/tests.xml" 2>&1 \
+# TNF_GPU_LANE=1: tests/conftest.py asserts CUDA and the Triton tests run on it (not the
+# interpreter). Default: the GPU- and Triton-marked tests; FULL=1: the whole suite.
+if [ "${FULL:-0}" = 1 ]; then marker=(); else marker=(-m "gpu or triton"); fi
+TNF_GPU_LANE=1 "$PY" -m pytest -q "${marker[@]}" --benchmark-disable --junitxml "$out/tests.xml" 2>&1 \
   | tee "$out/tests.log" || tests_rc=${PIPESTATUS[0]}
 # pytest exit 5 = no test selected (no gpu-marked tests yet): not a failure
 if [ "$tests_rc" = 5 ]; then tests_rc=0; fi

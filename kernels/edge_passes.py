@@ -435,7 +435,8 @@ def message(
 ) -> Tensor:
     """M_i = sum_j f_ij (*) Y_j.  y [N, 9, F], d [E] (receiver-sorted) -> [N, 9, F].
     Differentiable in y and d (dtab holds f'(d) in exact mode; unused when tabulated)."""
-    return _message_fwd(y.contiguous(), d.contiguous(), row_ptr, col, tab, idx, lo, inv_h, tabulated)
+    y, d = y.contiguous(), d.contiguous()
+    return _message_fwd(y, d, row_ptr, col, tab, idx, lo, inv_h, tabulated)
 
 
 @message.register_fake

@@ -38,8 +38,9 @@ def _from_full(m: Tensor) -> Tensor:
 def radial_filter_ref(rep, layer, config, d: Tensor) -> Tensor:
     """Filter values [U, 3F] at distances d [U]; ``layer=None`` is the embedding's projection.
     Differentiable in d (the kernel's derivative output is d/dd of this)."""
-    fn = _embedding_filter_fn(rep, config) if layer is None else _layer_filter_fn(rep, layer, config)
-    return fn(d)
+    if layer is None:
+        return _embedding_filter_fn(rep, config)(d)
+    return _layer_filter_fn(rep, layer, config)(d)
 
 
 def expand_filter(f: Tensor) -> Tensor:

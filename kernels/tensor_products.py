@@ -17,6 +17,8 @@ product_backward, update, update_backward}`` with fake implementations and autog
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -24,7 +26,11 @@ from torch import Tensor
 
 from ._jit_helpers import from_full, matmul3, to_full
 
-BLOCK_N, BLOCK_F = 16, 32
+# A backward program holds ~60 live [BLOCK_N, BLOCK_F] tiles (3x3 operands, products, adjoints):
+# 8 x 32 = 256 elements over 128 threads is 2 registers per tile and thread, ~120 in all, below
+# the 255 limit. The interpreter prefers fewer, larger programs.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BLOCK_N, BLOCK_F = (16, 32) if _INTERPRET else (8, 32)
 
 
 @triton.jit
@@ -87,8 +93,8 @@ def _sq9(c0, c1, c2, c3, c4, c5, c6, c7, c8):
 
 
 @triton.jit
-def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
-                        O3: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
+def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr, O3: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
     y = _load9(y_ptr, offs, mask, F)
     m = _load9(m_ptr, offs, mask, F)
@@ -104,8 +110,9 @@ def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
 
 
 @triton.jit
-def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows, F: tl.constexpr,
-                        O3: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
+def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
+                        F: tl.constexpr, O3: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
     y = _load9(y_ptr, offs, mask, F)
     m = _load9(m_ptr, offs, mask, F)

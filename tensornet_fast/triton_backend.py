@@ -80,8 +80,10 @@ def filter_weights(model) -> list:
     return _model_cache(
         model,
         ("weights", model.dtype, model.device),
-        lambda: [fw(rep, None, config, model.dtype, model.device)]
-        + [fw(rep, layer, config, model.dtype, model.device) for layer in rep.layers],
+        lambda: (
+            [fw(rep, None, config, model.dtype, model.device)]
+            + [fw(rep, layer, config, model.dtype, model.device) for layer in rep.layers]
+        ),
     )
 
 

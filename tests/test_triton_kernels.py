@@ -78,7 +78,7 @@ def test_radial_filter_values_and_derivatives(tmp_path, case, precision):
         ref = radial_filter_ref(rep, layer, config, dd)
         # d/dd of each output column: one backward per column is slow; use forward mode.
         _, ref_der = torch.func.jvp(
-            lambda x: radial_filter_ref(rep, layer, config, x), (d,), (torch.ones_like(d),)
+            lambda x, lay=layer: radial_filter_ref(rep, lay, config, x), (d,), (torch.ones_like(d),)
         )
         _assert_rel(val, ref, model.dtype, f"{case} filter values")
         _assert_rel(der, ref_der, model.dtype, f"{case} filter derivatives")
