@@ -177,10 +177,53 @@ class FilterWeights:
         return [self.rbf_a, self.rbf_b, self.w0, self.b0, self.w1, self.b1, self.wout, self.bout]
 
 
-def _block_u(w: FilterWeights) -> int:
-    # [BLOCK_U, 2F] hidden tile + its tangent live in registers: 32 rows at F = 128 is
-    # 2 x 32 x 256 x 4 B = 64 KB per program, a quarter of an H100 SM's register file.
-    return 16 if w.h1p >= 512 else 32
+# BLOCK_U: the [BLOCK_U, 2F] hidden tile and its tangent live in registers: 32 rows at F = 128
+# is 2 x 32 x 256 x 4 B = 64 KB per program, a quarter of an H100 SM's register file; 16 rows
+# from F = 256 on.
+
+
+@torch.library.custom_op("tnf_triton::radial_filter", mutates_args=())
+def radial_filter_op(
+    d: Tensor,
+    rbf_a: Tensor,
+    rbf_b: Tensor,
+    w0: Tensor,
+    b0: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    wout: Tensor,
+    bout: Tensor,
+    f: int,
+    n_hidden: int,
+    act: int,
+    rbf: int,
+    lo: float,
+    hi: float,
+    deriv: bool,
+) -> tuple[Tensor, Tensor]:
+    """(values [U, 3F], d-derivatives [U, 3F] or an empty tensor) at distances d [U]. The
+    padded parameters come from :class:`FilterWeights`. No autograd: the force backward of the
+    edge ops consumes the derivative output."""
+    n = d.shape[0]
+    val = torch.empty(n, 3 * f, dtype=d.dtype, device=d.device)
+    der = torch.empty_like(val) if deriv else val.new_empty(0)
+    if n:
+        kp, h1p, fp = rbf_a.shape[0], wout.shape[1], wout.shape[2]
+        h0p = w0.shape[1] if n_hidden else 16
+        block = 16 if h1p >= 512 else 32  # BLOCK_U, see above
+        _radial_filter_kernel[(triton.cdiv(n, block),)](
+            d, n, rbf_a, rbf_b, w0, b0, w1, b1, wout, bout, val, der if deriv else val,
+            F=f, FP=fp, KP=kp, H0P=h0p, H1P=h1p if n_hidden else 16, N_HIDDEN=n_hidden,
+            INP=h1p, ACT=act, RBF=rbf, LO=lo, HI=hi, ALPHA=5.0 / (hi - lo), PI=math.pi,
+            DERIV=deriv, BLOCK_U=block,
+        )  # fmt: skip
+    return val, der
+
+
+@radial_filter_op.register_fake
+def _(d, rbf_a, rbf_b, w0, b0, w1, b1, wout, bout, f, n_hidden, act, rbf, lo, hi, deriv):
+    val = d.new_empty(d.shape[0], 3 * f)
+    return val, (d.new_empty(d.shape[0], 3 * f) if deriv else d.new_empty(0))
 
 
 def radial_filter(d: Tensor, w: FilterWeights, deriv: bool) -> tuple[Tensor, Tensor | None]:
@@ -191,16 +234,7 @@ def radial_filter(d: Tensor, w: FilterWeights, deriv: bool) -> tuple[Tensor, Ten
         raise ValueError(
             f"d is {d.dtype} on {d.device}, the filter weights {w.wout.dtype} on {w.wout.device}"
         )
-    d = d.contiguous()
-    n = d.shape[0]
-    val = torch.empty(n, 3 * w.f, dtype=d.dtype, device=d.device)
-    der = torch.empty_like(val) if deriv else val
-    if n:
-        block = _block_u(w)
-        _radial_filter_kernel[(triton.cdiv(n, block),)](
-            d, n, *w.tensors(), val, der,
-            F=w.f, FP=w.fp, KP=w.kp, H0P=w.h0p, H1P=w.h1p, N_HIDDEN=w.n_hidden,
-            INP=w.h1p if w.n_hidden else w.kp, ACT=w.act,
-            RBF=w.rbf, LO=w.lo, HI=w.hi, ALPHA=w.alpha, PI=math.pi, DERIV=deriv, BLOCK_U=block,
-        )  # fmt: skip
+    val, der = radial_filter_op(
+        d.contiguous(), *w.tensors(), w.f, w.n_hidden, w.act, w.rbf, w.lo, w.hi, deriv
+    )
     return val, (der if deriv else None)

@@ -116,13 +116,25 @@ class _Filters:
             for coef, lo, inv_h in splines(model):
                 self.args.append((coef, coef, empty_idx, lo, inv_h, True))
             return
-        # d_ij == d_ji bitwise, so the distinct distances are at most one per unordered pair.
-        d_unique, inverse = torch.unique(d, return_inverse=True)
+        if torch.compiler.is_compiling():
+            # torch.unique has a data-dependent size: under torch.compile evaluate per edge.
+            d_unique, inverse = d, torch.arange(d.shape[0], device=d.device)
+        else:
+            # d_ij == d_ji bitwise, so the distinct distances are at most one per unordered pair.
+            d_unique, inverse = torch.unique(d, return_inverse=True)
         radial_filter = _kernels()["filt"].radial_filter
         lo = float(model.config.cutoff_lower)
         for w in filter_weights(model):
             tab, dtab = radial_filter(d_unique, w, deriv)
             self.args.append((tab, dtab if deriv else tab, inverse, lo, 1.0, False))
+
+
+def _full_pair_table(emb) -> Tensor:
+    """emb2([emb(a); emb(b)]) for every element pair [max_z * max_z, F]."""
+    atom = emb.emb.weight
+    s = atom.shape[0]
+    both = torch.cat((atom.repeat_interleave(s, 0), atom.repeat(s, 1)), 1)
+    return F.linear(both, emb.emb2.weight, emb.emb2.bias)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -148,7 +160,10 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
         filters = _Filters(model, d.detach(), deriv)
 
     emb = rep.tensor_embedding
-    ztab, zidx, n_species = _pair_table(emb, z)
+    if torch.compiler.is_compiling():  # static shapes: the table over every element
+        ztab, zidx, n_species = _full_pair_table(emb), z, emb.emb.weight.shape[0]
+    else:
+        ztab, zidx, n_species = _pair_table(emb, z)
     ztab = ztab.detach().contiguous()
     pair = (zidx[row] * n_species + zidx[col]).contiguous()  # [E] row of ztab
     tab, dtab, idx, lo, inv_h, tabulated = filters.args[0]
