@@ -58,7 +58,7 @@ def _edge_configs():
 # ----------------------------------------------------------------------------- jit helpers
 @triton.jit
 def _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, BLK: tl.constexpr, F: tl.constexpr,
-                  TAB: tl.constexpr, DERIV: tl.constexpr, INV_H):  # fmt: skip
+                  TAB: tl.constexpr, DERIV: tl.constexpr, INV_H: tl.constexpr):  # fmt: skip
     """Filter value (and d-derivative) of block BLK (0 I, 1 A, 2 S) for a tile of edges
     [BE, 1] x channels f2 [1, BF]; ``row`` is the table row (exact) or spline interval."""
     if TAB:
@@ -83,7 +83,8 @@ def _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, BLK: tl.constexpr, F: tl.co
 
 
 @triton.jit
-def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr, INV_H,
+def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr,
+                        INV_H: tl.constexpr,
                         TAB: tl.constexpr):  # fmt: skip
     """Per edge [BE, 1]: table row (exact) or spline interval, local coordinate s and a 0/1
     factor that zeroes the filter below a lower cutoff (tabulated)."""
@@ -115,7 +116,8 @@ def _message_fwd_kernel(
     idx_ptr,  # [E] table row (exact)
     out_ptr,  # [N, 9, F]
     N_INT,
-    INV_H,
+    INV_H: tl.constexpr,  # 1/h of the spline: a compile-time float64 (a runtime float
+    # argument would be passed as float32, 1e-7 relative off in s)
     LO: tl.constexpr,
     F: tl.constexpr,
     TAB: tl.constexpr,
@@ -177,7 +179,8 @@ def _message_dd_kernel(
     gd_ptr,  # [E] out: dE/dd
     n_edges,
     N_INT,
-    INV_H,
+    INV_H: tl.constexpr,  # 1/h of the spline: a compile-time float64 (a runtime float
+    # argument would be passed as float32, 1e-7 relative off in s)
     LO: tl.constexpr,
     F: tl.constexpr,
     TAB: tl.constexpr,
@@ -223,7 +226,8 @@ def _embed_fwd_kernel(
     idx_ptr,
     out_ptr,  # [N, 9, F]
     N_INT,
-    INV_H,
+    INV_H: tl.constexpr,  # 1/h of the spline: a compile-time float64 (a runtime float
+    # argument would be passed as float32, 1e-7 relative off in s)
     LO: tl.constexpr,
     F: tl.constexpr,
     TAB: tl.constexpr,
@@ -288,7 +292,8 @@ def _embed_bwd_kernel(
     ggeo_ptr,  # [E, 9] out: dE/dgeo
     n_edges,
     N_INT,
-    INV_H,
+    INV_H: tl.constexpr,  # 1/h of the spline: a compile-time float64 (a runtime float
+    # argument would be passed as float32, 1e-7 relative off in s)
     LO: tl.constexpr,
     F: tl.constexpr,
     TAB: tl.constexpr,
