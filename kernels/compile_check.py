@@ -34,7 +34,7 @@ def _variants(dtypes: list[str], all_configs: bool):
     for dt in dtypes:
         ptr = f"*{dt}"
 
-        def sig(fn, ints=(), floats=(), **cx):
+        def sig(fn, ints=(), floats=(), ptr=ptr, **cx):
             s = {}
             for name in fn.arg_names:
                 if name in cx:
@@ -50,10 +50,11 @@ def _variants(dtypes: list[str], all_configs: bool):
             return s, cx
 
         for n_hidden, inp in ((2, 256), (0, k)):
-            cx = dict(F=f, FP=f, KP=k, H0P=f, H1P=2 * f, N_HIDDEN=n_hidden, INP=inp, ACT=0,
-                      RBF=0, LO=0.0, HI=5.0, ALPHA=1.0, PI=math.pi, DERIV=True, BLOCK_U=32)  # fmt: skip
-            s, c = sig(rf._radial_filter_kernel, ints=("n_rows",), **cx)
-            out.append((f"radial_filter[{dt},hidden={n_hidden}]", rf._radial_filter_kernel, s, c, 4))
+            kern = rf._radial_filter_kernel
+            cx = dict(F=f, FP=f, KP=k, H0P=f, H1P=2 * f, N_HIDDEN=n_hidden, INP=inp, ACT=0, RBF=0,
+                      LO=0.0, HI=5.0, ALPHA=1.0, PI=math.pi, DERIV=True, BLOCK_U=32)  # fmt: skip
+            s, c = sig(kern, ints=("n_rows",), **cx)
+            out.append((f"radial_filter[{dt},hidden={n_hidden}]", kern, s, c, 4))
         for tab in (False, True):
             common = dict(LO=0.0, F=f, TAB=tab, INV_H=409.6)
             tuners = (
