@@ -67,6 +67,7 @@ def main(argv=None) -> int:
         for _ in range(min(repeats, 50))
     ]
     env = harness.environment(device)
+    tiny = "tiny=1" if args.tiny else ""
     rows = []
 
     def record(impl: str, backend: str, mode: str, fn, edges, notes: str = "") -> None:
@@ -89,7 +90,9 @@ def main(argv=None) -> int:
                 edges=edges,
                 batch=1,
                 ns_per_atom=res["median_s"] / system.atoms * 1e9,
-                notes=f"default model 2L F=48 rc=5; {notes}".strip("; "),
+                notes=";".join(
+                    x for x in ("model=L2-F48-K32-rc5", "scenario=single", notes, tiny) if x
+                ),
                 **res,
             )
         )
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
         "eager",
         step,
         step.capacity,
-        f"skin={args.skin}; capacity={step.capacity}",
+        f"skin={args.skin};capacity={step.capacity}",
     )
     if device.type == "cuda":
         gstep = MDStep(model, z, base, skin=args.skin, cuda_graph=True)
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
             "cuda-graph",
             gstep,
             gstep.capacity,
-            f"skin={args.skin}; capacity={gstep.capacity}",
+            f"skin={args.skin};capacity={gstep.capacity}",
         )
     if importlib.util.find_spec("torchmdnet") is not None:
         try:
