@@ -56,27 +56,43 @@ def model(ckpt):
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory):
+def _cpp_build(tmp_path_factory):
+    """Starts g++ on examples/cpp/run_exported.cpp in the background (~20 s), so that it
+    overlaps with the export (`package` depends on this fixture, `binary` waits for it)."""
     if shutil.which(os.environ.get("CXX", "g++")) is None:
-        pytest.skip("no C++ compiler (g++ or $CXX) to build examples/cpp/run_exported.cpp")
+        yield None
+        return
     out = tmp_path_factory.mktemp("cpp") / "run_exported"
-    subprocess.run(
+    proc = subprocess.Popen(
         ["bash", os.path.join(CPP, "build.sh"), sys.executable, str(out)],
-        check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    return str(out)
+    yield proc, str(out)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
-def package(ckpt, tmp_path_factory):
+def package(_cpp_build, ckpt, tmp_path_factory):
     """Written by the command line (`tensornet-fast export`), which calls export_model."""
     from tensornet_fast.cli import main
 
     path = tmp_path_factory.mktemp("pkg") / "molecule.pt2"
     assert main(["export", "--model", str(ckpt), "--out", str(path)]) == 0
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def binary(_cpp_build, package):
+    if _cpp_build is None:
+        pytest.skip("no C++ compiler (g++ or $CXX) to build examples/cpp/run_exported.cpp")
+    proc, out = _cpp_build
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr
+    return out
 
 
 def _write_xyz(path, z, pos, box=None, symbols=False):
