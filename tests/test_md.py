@@ -186,3 +186,70 @@ def test_md_example_conserves_energy():
     assert len(e_tot) == 3
     assert max(e_pot) - min(e_pot) > 0.02  # it moves
     assert max(e_tot) - min(e_tot) < 0.1 * (max(e_pot) - min(e_pot))
+
+
+PRIOR_SCALES = dict(distance_scale=1e-10, energy_scale=1.602176634e-19)
+VARIANTS = {
+    # D2's cutoff (8) exceeds the network's (5): the candidate list follows the largest cutoff,
+    # and D2 takes only the zero-shift pairs under a box (torchmd-net 3.1 ignores images).
+    "zbl_d2": {
+        "prior_model": [
+            {
+                "ZBL": dict(
+                    cutoff_distance=3.0,
+                    max_num_neighbors=64,
+                    atomic_number=list(range(20)),
+                    **PRIOR_SCALES,
+                )
+            },
+            {
+                "D2": dict(
+                    cutoff_distance=8.0,
+                    max_num_neighbors=128,
+                    atomic_number=list(range(20)),
+                    **PRIOR_SCALES,
+                )
+            },
+        ]
+    },
+    "lower_cutoff_so3": {
+        "cutoff_lower": 0.9,
+        "cutoff_upper": 4.5,
+        "equivariance_invariance_group": "SO(3)",
+    },
+    "atomref_mean_gauss": {
+        "prior_model": {"Atomref": {"max_z": 20}},
+        "standardize": True,
+        "reduce_op": "mean",
+        "rbf_type": "gauss",
+    },
+    "charge": {"charge": True},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_traceable_core_variants(variant, tmp_path):
+    """The traceable core under MDStep (and compile / export) on model variants: priors with a
+    cutoff beyond the network's, lower cutoff, SO(3), Atomref + mean/std + mean reduction,
+    total charge; molecules and a triclinic box, float64."""
+    ckpt = make_checkpoint(
+        tmp_path / "v.ckpt",
+        seed=3,
+        precision=64,
+        embedding_dimension=16,
+        num_rbf=8,
+        **{"cutoff_upper": 5.0, **VARIANTS[variant]},
+        **({"mean": -1.5, "std": 0.7} if variant.startswith("atomref") else {}),
+    )
+    model = _model(ckpt)
+    for name, (z, pos, batch, box) in _systems(torch.float64).items():
+        n_mol = 1 if batch is None else int(batch.max()) + 1
+        q = torch.arange(n_mol, dtype=torch.float64) - 1.0 if variant == "charge" else None
+        step = MDStep(model, z, pos, batch, box, q=q, skin=0.3)
+        moved = pos + 0.02 * torch.randn(
+            pos.shape, generator=torch.Generator().manual_seed(2), dtype=pos.dtype
+        )
+        energy, forces = step(moved)
+        ref_e, ref_f = model(z, moved, batch, box, q=q)
+        assert_close(energy, ref_e, torch.float64, "energy", f"{variant} {name}")
+        assert_close(forces, ref_f, torch.float64, "forces", f"{variant} {name}")
