@@ -117,7 +117,8 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="--periodic: lattice images searched per axis (-N..N); exact for cells whose "
-        "plane spacings are >= cutoff / N (default 1)",
+        "plane spacings are >= cutoff / N, with the largest cutoff of the model and its priors "
+        "(default 1)",
     )
     p.add_argument(
         "--precision",
@@ -132,7 +133,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="total charge baked into the package (models trained with charge: true)",
     )
-    p.add_argument("--layout", default="auto", choices=("auto", "blocked", "interleaved"))
+    p.add_argument(
+        "--layout",
+        default="auto",
+        choices=("auto", "blocked", "interleaved"),
+        help="weight layout of the checkpoint (files from torchmd-net 2.6.2 need interleaved)",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
