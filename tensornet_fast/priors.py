@@ -33,7 +33,12 @@ def zbl_pair_energies(
     """Ziegler-Biersack-Littmark screened nuclear repulsion: (energy of each directed pair,
     already halved because every pair appears twice [E], receiving atom [E])."""
     edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch, box)
-    zi, zj = (prior.atomic_number[z[idx]].to(pos.dtype) for idx in edge_index)
+    return zbl_from_edges(prior, z, edge_index, dist), edge_index[0]
+
+
+def zbl_from_edges(prior: ZBLParams, z: Tensor, edge_index: Tensor, dist: Tensor) -> Tensor:
+    """Halved ZBL energy of each directed pair [E] given its distance (0 beyond the cutoff)."""
+    zi, zj = (prior.atomic_number[z[idx]].to(dist.dtype) for idx in edge_index)
     screening = 0.8854 * BOHR_RADIUS_M / (zi**0.23 + zj**0.23)
     x = dist * prior.distance_scale / screening
     phi = (
@@ -45,7 +50,7 @@ def zbl_pair_energies(
     phi = phi * cosine_cutoff(dist, 0.0, prior.cutoff_distance)
     pair = phi * zi * zj / dist
     scale = 0.5 * _ZBL_COULOMB_J_M / prior.energy_scale / prior.distance_scale
-    return scale * pair, edge_index[0]
+    return scale * pair
 
 
 def d2_pair_energies(
@@ -54,10 +59,16 @@ def d2_pair_energies(
     """Grimme D2 dispersion (no periodic images, as in torchmd-net): (halved energy of each
     directed pair [E], receiving atom [E])."""
     edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch)
+    return d2_from_edges(prior, z, edge_index, dist), edge_index[0]
+
+
+def d2_from_edges(prior: D2Params, z: Tensor, edge_index: Tensor, dist: Tensor) -> Tensor:
+    """Halved D2 energy of each directed pair [E] given its distance (no cutoff applied here:
+    the caller selects the pairs within ``prior.cutoff_distance``)."""
     r = dist * (prior.distance_scale * 1e9)  # nm
     elem = prior.Z_map[z[edge_index]]  # [2, E]
     c6 = (prior.C_6[elem[0]] * prior.C_6[elem[1]]).sqrt()
     r_r = prior.R_r[elem[0]] + prior.R_r[elem[1]]
     damping = 1.0 / (1.0 + torch.exp(-20.0 * (r / r_r - 1.0)))
     pair = c6 / r**6 * damping  # J/mol
-    return -0.5 * pair / (prior.energy_scale * AVOGADRO), edge_index[0]
+    return -0.5 * pair / (prior.energy_scale * AVOGADRO)

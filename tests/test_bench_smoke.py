@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import glob
 import importlib
+import importlib.util
 import json
 import os
 
@@ -62,6 +63,16 @@ def test_bench_script_tiny(script, tmp_path):
             assert float(r["ns_per_atom"]) > 0 and float(r["gflops"]) > 0
         tmdn = {r["backend"]: r["notes"] for r in rows if r["implementation"] == "torchmd-net"}
         assert "tmdn_opt=True" in tmdn["default"] and "tmdn_opt=False" in tmdn["pure"]
+    if script == "md_step":
+        import tensornet_fast as tnf
+
+        got = {(r["implementation"], r["backend"], r["mode"]) for r in rows}
+        want = {("model", b, "eager") for b in tnf.available_backends()}
+        want.add(("md-step", "reference", "eager"))
+        if importlib.util.find_spec("torchmdnet") is not None:
+            want.add(("torchmd-net", "default", "eager"))
+        assert want <= got, f"missing rows: {want - got}"
+        assert all(r["system"] == "biphenyl_22" and r["atoms"] == "22" for r in rows)
 
 
 def test_roofline_and_plots_tiny(tmp_path):

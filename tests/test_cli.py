@@ -29,6 +29,13 @@ def test_help_lists_subcommands():
         check=True,
     ).stdout
     assert "--model" in out and "--out" in out
+    out = subprocess.run(
+        [sys.executable, "-m", "tensornet_fast.cli", "export", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--periodic" in out and "--images" in out and "without Python" in out
 
 
 def test_energies_on_bundled_molecules_match_load_model(tmp_path):

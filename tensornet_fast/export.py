@@ -1,0 +1,206 @@
+"""Export a model for C++ hosts: ``torch.export`` + AOTInductor package (``.pt2``) computing
+energy and forces (and, for periodic cells, the stress) of one molecule / cell, runnable through
+``torch::inductor::AOTIModelPackageLoader`` without Python (``examples/cpp/run_exported.cpp``).
+
+How (the route ../shared/INTEGRATION-NOTES.md found to work): the energy + autograd forces are
+traced with ``make_fx(tracing_mode="symbolic")`` over the parameters passed as inputs (so the
+backward is already explicit aten ops), the trace is wrapped in a module holding the weights,
+exported with ``torch.export.export(strict=False)`` with a dynamic atom count, and compiled by
+``torch._inductor.aoti_compile_and_package``.
+
+Neighbour list inside the graph: :func:`tensornet_fast.traceable.dense_edges`, a brute-force
+search in plain aten ops (``nonzero`` gives the data-dependent edge count). It needs no custom op,
+so the package runs in any libtorch program (the compiled cell list of ``csrc/`` would have to be
+linked into every host as a ``TORCH_LIBRARY`` and given a fake kernel; a Python custom op cannot
+run from C++ at all). Its cost is O(N^2) time and memory: a [N, N, (2 images + 1)^3, 3]
+difference tensor (~0.3 GB in float32 for a 5000-atom molecule or a 1000-atom cell with
+images=1). Meant for molecules and small cells, not for large systems.
+
+Package inputs / outputs (model dtype for floats, int64 atom types):
+  molecule (``periodic=False``):  (z [N], pos [N, 3])           -> (energy [1, 1], forces [N, 3])
+  periodic (``periodic=True``):   (z [N], pos [N, 3], box [3, 3]) -> (energy, forces, stress [3, 3])
+N >= 2. The package's metadata (``AOTIModelPackageLoader::get_metadata()``) records cutoff,
+images, dtype, max_z and the input/output names, so a host can validate its inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .model import TensorNetModel, load_model
+from .traceable import Edges, check_traceable, dense_edges, energy_forces_stress, max_cutoff
+
+FORMAT_VERSION = "1"
+
+
+def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: float):
+    """The function make_fx traces: (params, z, pos[, box]) -> outputs."""
+    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    cutoff = max_cutoff(model)
+
+    def fn(params: list[Tensor], z: Tensor, pos: Tensor, *rest: Tensor):
+        box = rest[0] if periodic else None
+        state = dict(zip(names, params))
+        with torch.nn.utils.stateless._reparametrize_module(model, state):
+            n = pos.shape[0]
+            batch = torch.zeros_like(z)
+            atoms = torch.full((1,), n, dtype=torch.long, device=z.device)
+            factor = 1.0 + 0.1 * charge if model.config.charge else 1.0
+            charge_factor = torch.full((n,), factor, dtype=pos.dtype, device=pos.device)
+            edges: Edges = dense_edges(pos, cutoff, box if periodic else None, images)
+            cell = box[None] if periodic else None
+            energy, forces, stress = energy_forces_stress(
+                model, z, pos, batch, 1, atoms, charge_factor, edges, cell, stress=periodic
+            )
+        if periodic:
+            return energy, forces, stress[0]
+        return energy, forces
+
+    return fn, names
+
+
+class _Exported(torch.nn.Module):
+    """The traced graph with the weights as buffers (export's inputs are z, pos[, box])."""
+
+    def __init__(self, gm: torch.fx.GraphModule, tensors: list[Tensor], periodic: bool):
+        super().__init__()
+        self.gm = gm
+        self.count = len(tensors)
+        self.periodic = periodic
+        for k, t in enumerate(tensors):
+            self.register_buffer(f"w{k}", t.detach().clone())
+
+    def forward(self, z: Tensor, pos: Tensor, box: Tensor | None = None):
+        params = [getattr(self, f"w{k}") for k in range(self.count)]
+        if self.periodic:
+            return self.gm(params, z, pos, box)
+        return self.gm(params, z, pos)
+
+
+def _example_inputs(model: TensorNetModel, periodic: bool) -> tuple[Tensor, ...]:
+    """A small, valid system to trace with (the traced graph is shape-generic)."""
+    g = torch.Generator().manual_seed(0)
+    n = 5
+    z = torch.randint(1, min(model.config.max_z, 10), (n,), generator=g)
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
+    pos = pos.to(model.dtype)
+    if periodic:
+        side = max(2.0 * max_cutoff(model), 6.0)
+        return z, pos, torch.eye(3, dtype=model.dtype) * side
+    return z, pos
+
+
+def trace_model(
+    model: TensorNetModel, periodic: bool = False, images: int = 1, charge: float = 0.0
+) -> torch.nn.Module:
+    """make_fx trace of energy + forces (+ stress): a module ``(z, pos[, box]) -> outputs`` made
+    of aten ops only (what export and AOTInductor compile)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    check_traceable(model, "export")
+    if images < 1:
+        raise ValueError(f"images must be >= 1, got {images}")
+    model = model.eval()
+    fn, names = _energy_forces(model, periodic, images, charge)
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    tensors = [state[n].detach() for n in names]
+    example = _example_inputs(model, periodic)
+    gm = make_fx(fn, tracing_mode="symbolic")(tensors, *example)
+    return _Exported(gm, tensors, periodic)
+
+
+def export_program(module: _Exported, model: TensorNetModel) -> torch.export.ExportedProgram:
+    atoms = torch.export.Dim("atoms", min=2, max=1 << 20)
+    example = _example_inputs(model, module.periodic)
+    shapes: dict[str, Any] = {"z": {0: atoms}, "pos": {0: atoms}}
+    if module.periodic:
+        shapes["box"] = None
+    return torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+
+
+def metadata(model: TensorNetModel, periodic: bool, images: int, charge: float) -> dict:
+    c = model.config
+    return {
+        "tensornet_fast_export": FORMAT_VERSION,
+        "dtype": "float64" if model.dtype == torch.float64 else "float32",
+        "cutoff": repr(float(c.cutoff_upper)),
+        "max_cutoff": repr(float(max_cutoff(model))),
+        "max_z": str(int(c.max_z)),
+        "periodic": "1" if periodic else "0",
+        "images": str(int(images)),
+        "charge": repr(float(charge)) if c.charge else "",
+        "inputs": "z,pos,box" if periodic else "z,pos",
+        "outputs": "energy,forces,stress" if periodic else "energy,forces",
+    }
+
+
+def export_model(
+    model_or_path: TensorNetModel | str | os.PathLike = "default",
+    out_path: str | os.PathLike = "tensornet.pt2",
+    *,
+    periodic: bool = False,
+    images: int = 1,
+    charge: float = 0.0,
+    precision: int | None = None,
+    verbose: bool = False,
+    **load_kwargs: Any,
+) -> str:
+    """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``).
+
+    Args:
+        model_or_path: a :class:`TensorNetModel` (its weights are copied; backend must be
+            traceable, i.e. ``"reference"``) or a checkpoint path / ``"default"`` (loaded here
+            with ``backend="reference"``).
+        out_path: the ``.pt2`` file to write.
+        periodic: the package takes a cell ``box`` [3, 3] (rows a, b, c) and also returns the
+            stress (1/V) dE/d(strain); without it the system is an isolated molecule.
+        images: periodic images searched per axis (-images..images). The result is exact for
+            cells whose plane spacings are all >= cutoff / images (the metadata records both;
+            ``examples/cpp/run_exported.cpp`` checks it).
+        charge: total charge, baked in, for models trained with ``charge: true``.
+        precision: 32 or 64 to convert a checkpoint on load (default: the checkpoint's).
+        **load_kwargs: passed to :func:`load_model` (e.g. ``layout=``).
+
+    Returns the package path. Takes ~10-60 s of compilation on CPU (a C++ compiler is needed
+    at export time, not to run the package).
+    """
+    if isinstance(model_or_path, TensorNetModel):
+        model = model_or_path
+        if precision is not None:
+            model = model.to(torch.float64 if precision == 64 else torch.float32)
+    else:
+        overrides = {} if precision is None else {"precision": precision}
+        model = load_model(
+            model_or_path, backend="reference", device="cpu", **overrides, **load_kwargs
+        )
+    if model.device.type != "cpu":
+        raise ValueError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
+    t0 = time.perf_counter()
+    module = trace_model(model, periodic=periodic, images=images, charge=charge)
+    t1 = time.perf_counter()
+    program = export_program(module, model)
+    t2 = time.perf_counter()
+    out_path = os.fspath(out_path)
+    meta = metadata(model, periodic, images, charge)
+    path = torch._inductor.aoti_compile_and_package(
+        program, package_path=out_path, inductor_configs={"aot_inductor.metadata": meta}
+    )
+    if verbose:
+        t3 = time.perf_counter()
+        print(
+            f"traced {t1 - t0:.1f} s, exported {t2 - t1:.1f} s, compiled {t3 - t2:.1f} s: "
+            f"{path} {json.dumps(meta)}"
+        )
+    return path
+
+
+def load_exported(path: str | os.PathLike):
+    """The package as a Python callable (for tests and checks; C++ hosts use
+    ``torch::inductor::AOTIModelPackageLoader``)."""
+    return torch._inductor.aoti_load_package(os.fspath(path))
