@@ -96,7 +96,8 @@ def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr,
         kf = tl.minimum(tl.maximum(tl.floor(t), 0.0), N_INT - 1.0)
         s = tl.minimum(tl.maximum(t - kf, 0.0), 1.0).to(d.dtype)
         row = kf.to(tl.int64)
-        keep = tl.where(d >= LO, 1.0, 0.0).to(d.dtype)
+        # exact zeros outside [r_l, r_c) (padding / Verlet-skin edges beyond the cutoff)
+        keep = tl.where((d >= LO) & (t < N_INT), 1.0, 0.0).to(d.dtype)
     else:
         row = tl.load(idx_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
         s = d

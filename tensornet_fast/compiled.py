@@ -12,7 +12,8 @@ for the stress). Each call:
    Inductor fuses forward and backward together.
 
 Shapes are dynamic by default (``dynamic=True``): a new atom or edge count does not recompile.
-The model's backend must be traceable (``traceable.TRACEABLE_BACKENDS``: ``"reference"``); the
+The model's backend must be traceable (``traceable.TRACEABLE_BACKENDS``: ``"reference"`` or
+``"triton"``, whose kernels are custom ops with fake implementations); the
 ``cpu`` backend's host-side edge loops cannot be compiled and raise :class:`NotTraceable`.
 """
 

@@ -19,8 +19,9 @@ synchronisation of a step). If a rebuild finds more candidates than ``capacity``
 ``MDStep``).
 
 Species, batch, box and charges are fixed for the life of the object (NVE/NVT MD); positions
-change. The step runs the traceable reference math (``traceable.energy_forces_stress``) whatever
-the model's ``backend`` is: it is what a CUDA graph can capture. On CPU (or with
+change. The step runs ``traceable.energy_forces_stress``: the Triton kernels when the model's
+backend is ``"triton"`` (static shapes, no host synchronisation), else the reference math; both
+are what a CUDA graph can capture. On CPU (or with
 ``cuda_graph=False``) the same computation runs eagerly, which is what the CPU tests check.
 """
 
@@ -139,8 +140,9 @@ class MDStep:
         count = edge_index.shape[1]
         if count > self.capacity:
             raise CapacityError(self._overflow_message(count, self.capacity))
-        # In place: a captured graph reads these very buffers.
-        self.edge_index.zero_()
+        # In place: a captured graph reads these very buffers. Padding edges point at the last
+        # atom, so receivers stay sorted (the triton backend's CSR needs it).
+        self.edge_index.fill_(self.z.shape[0] - 1)
         self.edge_index[:, :count].copy_(edge_index)
         self.shifts.zero_()
         self.shifts[:count].copy_(shifts)

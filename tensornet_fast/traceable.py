@@ -25,14 +25,15 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from . import reference
-from .neighbors import safe_norm
+from . import reference, triton_backend
+from .neighbors import NeighborList, safe_norm
 from .priors import d2_from_edges, zbl_from_edges
 
-# Backends whose math can be traced (torch.compile / export / CUDA-graph capture). The "cpu"
-# backend runs host-side C++ edge loops with Python bookkeeping (torch.unique, chunking) and
-# cannot be captured; a backend with custom ops that have fake implementations can be added.
-TRACEABLE_BACKENDS = ("reference",)
+# Backends whose math can be traced (torch.compile / export / CUDA-graph capture): the reference
+# math, and the Triton kernels (custom ops with fake implementations, run with static=True). The
+# "cpu" backend runs host-side C++ edge loops with Python bookkeeping (torch.unique, chunking)
+# and cannot be captured.
+TRACEABLE_BACKENDS = ("reference", "triton")
 
 
 class NotTraceable(NotImplementedError):
@@ -45,7 +46,7 @@ def check_traceable(model, what: str) -> None:
             f"{what} needs a traceable backend ({', '.join(TRACEABLE_BACKENDS)}); this model "
             f"uses backend={model.backend!r}, whose edge kernels run as host code that cannot be "
             "traced. Load the model with backend='reference' (torch.compile / CUDA graphs then "
-            "fuse the reference math themselves)."
+            "fuse the reference math themselves) or backend='triton' (CUDA)."
         )
 
 
@@ -104,16 +105,23 @@ def potential(
     [n_mol, 3, 3] when the edges carry lattice shifts; ``atoms_per_mol`` [n_mol] (for
     ``reduce_op="mean"``)."""
     vec, dist, is_self, zero_shift = edge_geometry(model, pos, batch, cell, edges)
-    eps = reference.atomic_energies(
-        model.representation_model,
-        model.output_model.output_network.layers,
-        model.config,
-        z,
-        edges.edge_index,
-        vec,
-        dist,
-        charge_factor,
-    )
+    if model.backend == "triton" and triton_backend.supports_device(pos.device):
+        # CSR row pointer of the receiver-sorted edges (padding edges point at the last atom)
+        receivers = edges.edge_index[0].contiguous()
+        row_ptr = torch.searchsorted(receivers, torch.arange(z.shape[0] + 1, device=z.device))
+        nl = NeighborList(edges.edge_index, vec, dist, vec, row_ptr)
+        eps = triton_backend.atomic_energies(model, z, nl, charge_factor, static=True)
+    else:
+        eps = reference.atomic_energies(
+            model.representation_model,
+            model.output_model.output_network.layers,
+            model.config,
+            z,
+            edges.edge_index,
+            vec,
+            dist,
+            charge_factor,
+        )
     eps = model._scaled_outputs(eps, z)
     # scatter_add, not index_add: same sums in the same order, but Inductor (torch 2.13, CPU,
     # dynamic shapes) fails to generate code for an index_add into a size-1 output (n_mol = 1).

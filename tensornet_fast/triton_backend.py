@@ -109,15 +109,16 @@ def splines(model, intervals: int = TABLE_INTERVALS) -> list[tuple[Tensor, float
 class _Filters:
     """Kernel arguments (tab, dtab, idx, lo, inv_h, tabulated) per radial filter for one graph."""
 
-    def __init__(self, model, d: Tensor, deriv: bool):
+    def __init__(self, model, d: Tensor, deriv: bool, static: bool = False):
         self.args = []
         empty_idx = torch.zeros(0, dtype=torch.int64, device=d.device)
         if model.filter_mode == "tabulated":
             for coef, lo, inv_h in splines(model):
                 self.args.append((coef, coef, empty_idx, lo, inv_h, True))
             return
-        if torch.compiler.is_compiling():
-            # torch.unique has a data-dependent size: under torch.compile evaluate per edge.
+        if static or torch.compiler.is_compiling():
+            # torch.unique has a data-dependent size (a host sync): when tracing or capturing
+            # a CUDA graph, evaluate the filters per edge instead.
             d_unique, inverse = d, torch.arange(d.shape[0], device=d.device)
         else:
             # d_ij == d_ji bitwise, so the distinct distances are at most one per unordered pair.
@@ -138,8 +139,14 @@ def _full_pair_table(emb) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the model
-def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
-    """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``."""
+def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = False) -> Tensor:
+    """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``.
+
+    ``static=True`` (set by tensornet_fast.traceable for torch.compile / export / CUDA graphs,
+    and implied while torch.compile traces): no host synchronisation and shapes that depend only
+    on input shapes (filters per edge instead of per distinct distance, the element-pair table
+    over every element instead of the species present). Same numbers either way."""
+    static = static or torch.compiler.is_compiling()
     k = _kernels()
     edges, prod = k["edges"], k["prod"]
     config: ModelConfig = model.config
@@ -157,10 +164,10 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     geo = _embedding_geometry(rhat).contiguous()  # [E, 9]
     deriv = torch.is_grad_enabled() and d.requires_grad
     with torch.no_grad():
-        filters = _Filters(model, d.detach(), deriv)
+        filters = _Filters(model, d.detach(), deriv, static)
 
     emb = rep.tensor_embedding
-    if torch.compiler.is_compiling():  # static shapes: the table over every element
+    if static:  # static shapes: the table over every element
         ztab, zidx, n_species = _full_pair_table(emb), z, emb.emb.weight.shape[0]
     else:
         ztab, zidx, n_species = _pair_table(emb, z)
