@@ -34,7 +34,14 @@ import torch
 from torch import Tensor
 
 from .model import TensorNetModel, load_model
-from .traceable import Edges, check_traceable, dense_edges, energy_forces_stress, max_cutoff
+from .traceable import (
+    Edges,
+    NotTraceable,
+    check_traceable,
+    dense_edges,
+    energy_forces_stress,
+    max_cutoff,
+)
 
 FORMAT_VERSION = "1"
 
@@ -104,6 +111,13 @@ def trace_model(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     check_traceable(model, "export")
+    if model.backend != "reference":
+        # The Triton kernels are Python custom ops: an AOTInductor package holding them cannot
+        # run from C++ without Python (INTEGRATION-NOTES.md). The reference math decomposes to aten.
+        raise NotTraceable(
+            f"export needs backend='reference' (this model uses {model.backend!r}, whose custom "
+            "ops a C++ host cannot run); load_model(path, backend='reference') and export that"
+        )
     if images < 1:
         raise ValueError(f"images must be >= 1, got {images}")
     model = model.eval()
@@ -154,8 +168,8 @@ def export_model(
     """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``).
 
     Args:
-        model_or_path: a :class:`TensorNetModel` (its weights are copied; backend must be
-            traceable, i.e. ``"reference"``) or a checkpoint path / ``"default"`` (loaded here
+        model_or_path: a :class:`TensorNetModel` (its weights are copied; its backend must be
+            ``"reference"``) or a checkpoint path / ``"default"`` (loaded here
             with ``backend="reference"``).
         out_path: the ``.pt2`` file to write.
         periodic: the package takes a cell ``box`` [3, 3] (rows a, b, c) and also returns the
