@@ -246,7 +246,7 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
         const double* b = boxes + 9 * m + 3 * r;
         max_row = std::max(max_row, std::sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]));
       }
-  int64_t M = 1, final_M = 1;
+  int64_t M = 1;
   // Pass 1 sizes the bins with a provisional margin; the margin grows with the number of images
   // M (the loose test subtracts m @ box from wrapped positions), so recompute it after sizing.
   double delta = 0.0;
@@ -335,7 +335,6 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
       cell += g.n[0] * g.n[1] * g.n[2];
     }
     st.n_cells = cell;
-    final_M = maxM;
     if (maxM <= M) break;
     M = maxM;
   }
@@ -349,8 +348,7 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
   st.params.tight_low2 = tight_low * tight_low;
   st.params.cut2 = cutoff * cutoff;
   st.params.low2 = cutoff_lower * cutoff_lower;
-  // M >= final_M (the largest |shift| component); B bits hold 0 .. 2M.
-  (void)final_M;
+  // M >= the largest |shift| component (maxM of the last pass); B bits hold 0 .. 2M.
   st.codec.M = M;
   st.codec.B = 1;
   while ((int64_t(1) << st.codec.B) <= 2 * M && st.codec.B < 21) ++st.codec.B;

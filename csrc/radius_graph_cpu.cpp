@@ -640,6 +640,146 @@ Result radius_graph_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
   return {edge_index, shifts, vec, dist, row_ptr};
 }
 
+// ------------------------------------------------------------------ static-capacity search
+// radius_graph_plan: the grids of a system (host work, once). max_abs: the largest |coordinate|
+// the rounding margin must cover (the static search flags positions beyond it).
+at::Tensor radius_graph_plan_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                                 const c10::optional<at::Tensor>& box_in, double cutoff,
+                                 double cutoff_lower, double max_abs) {
+  check_common(pos_in, batch_in, box_in);
+  const int64_t N = pos_in.size(0);
+  const at::Tensor pos_d = pos_in.to(at::kDouble).contiguous();
+  const at::Tensor batch = batch_in.contiguous();
+  const double* pos = pos_d.data_ptr<double>();
+  const int64_t* bat = batch.data_ptr<int64_t>();
+  const int64_t n_mol = N ? bat[N - 1] + 1 : 0;
+  at::Tensor box;
+  if (box_in.has_value()) {
+    box = box_in->contiguous();
+    TORCH_CHECK(box.size(0) >= n_mol, "box must hold one cell per molecule");
+  }
+  const Bounds bounds = molecule_bounds(pos, bat, N, n_mol);
+  TORCH_CHECK_VALUE(max_abs >= bounds.max_abs, "max_abs must cover the positions");
+  const tnf::Setup st = setup_or_throw(n_mol, box.defined() ? box.data_ptr<double>() : nullptr,
+                                       bounds, N, cutoff, cutoff_lower, max_abs);
+  at::Tensor plan = at::empty({static_cast<int64_t>(tnf::plan_bytes(n_mol))}, at::kByte);
+  tnf::write_plan(st, max_abs, plan.data_ptr<uint8_t>());
+  return plan;
+}
+
+void check_static_outputs(const at::Tensor& pos, const at::Tensor& edge_index,
+                          const at::Tensor& shifts, const at::Tensor& vec, const at::Tensor& dist,
+                          const at::Tensor& row_ptr, const at::Tensor& status) {
+  const int64_t C = edge_index.size(1);
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 &&
+                  edge_index.scalar_type() == at::kLong && edge_index.is_contiguous(),
+              "edge_index must be a contiguous int64 [2, capacity] tensor");
+  for (const at::Tensor* t : {&shifts, &vec})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == C && t->size(1) == 3 && t->is_contiguous() &&
+                    t->scalar_type() == pos.scalar_type(),
+                "shifts / vec must be contiguous [capacity, 3] tensors of pos's dtype");
+  TORCH_CHECK(dist.dim() == 1 && dist.size(0) == C && dist.is_contiguous() &&
+                  dist.scalar_type() == pos.scalar_type(),
+              "dist must be a contiguous [capacity] tensor of pos's dtype");
+  TORCH_CHECK(row_ptr.dim() == 1 && row_ptr.size(0) == pos.size(0) + 1 &&
+                  row_ptr.scalar_type() == at::kLong && row_ptr.is_contiguous(),
+              "row_ptr must be a contiguous int64 [n_atoms + 1] tensor");
+  TORCH_CHECK(status.dim() == 1 && status.size(0) == 2 && status.scalar_type() == at::kLong,
+              "status must be an int64 [2] tensor");
+}
+
+// Padding of slots [e0, C): edge_index -1, shifts / vec / dist 0.
+template <typename scalar_t>
+void pad_edges(int64_t e0, int64_t C, int64_t* ei, scalar_t* sh, scalar_t* ve, scalar_t* di) {
+  if (e0 >= C) return;
+  std::fill(ei + e0, ei + C, int64_t(-1));
+  std::fill(ei + C + e0, ei + 2 * C, int64_t(-1));
+  std::fill(sh + 3 * e0, sh + 3 * C, scalar_t(0));
+  std::fill(ve + 3 * e0, ve + 3 * C, scalar_t(0));
+  std::fill(di + e0, di + C, scalar_t(0));
+}
+
+// The search of radius_graph with the grids of a plan, written into preallocated buffers of
+// capacity C = edge_index.size(1). status[0] = edges found (the capacity needed); status[1] = 1
+// when some |coordinate| exceeds the plan's max_abs (make a new plan). On overflow or an
+// out-of-plan position the buffers hold an empty graph (row_ptr 0, every slot padding), so a
+// consumer never reads an index out of range; otherwise slots [0, E) are the edges of
+// radius_graph in the same order and [E, C) padding.
+void radius_graph_static_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                             const at::Tensor& plan, const at::Tensor& plan_dev, bool loop,
+                             at::Tensor edge_index, at::Tensor shifts, at::Tensor vec,
+                             at::Tensor dist, at::Tensor row_ptr, at::Tensor status) {
+  (void)plan_dev;  // the CUDA kernels read the grids from it; here the host plan is enough
+  TORCH_CHECK(pos_in.dim() == 2 && pos_in.size(1) == 3, "pos must be [N, 3]");
+  TORCH_CHECK(plan.scalar_type() == at::kByte && plan.is_contiguous() && !plan.is_cuda(),
+              "plan must be the uint8 CPU tensor of radius_graph_plan");
+  check_static_outputs(pos_in, edge_index, shifts, vec, dist, row_ptr, status);
+  const int64_t N = pos_in.size(0);
+  const int64_t C = edge_index.size(1);
+  const auto dtype = pos_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "pos must be float32 or float64");
+  double plan_max_abs = 0.0;
+  tnf::Setup st;
+  try {
+    st = tnf::read_plan(plan.data_ptr<uint8_t>(), static_cast<size_t>(plan.numel()), &plan_max_abs);
+  } catch (const std::invalid_argument& err) {
+    TORCH_CHECK_VALUE(false, err.what());
+  }
+  const at::Tensor pos_d = pos_in.to(at::kDouble).contiguous();
+  const at::Tensor batch = batch_in.contiguous();
+  TORCH_CHECK(batch.scalar_type() == at::kLong && batch.dim() == 1 && batch.size(0) == N,
+              "batch must be int64 [N]");
+  const double* pos = pos_d.data_ptr<double>();
+  const int64_t* bat = batch.data_ptr<int64_t>();
+  const int64_t n_mol = static_cast<int64_t>(st.grids.size());
+  TORCH_CHECK(N == 0 || (bat[0] >= 0 && bat[N - 1] < n_mol), "batch does not match the plan");
+  TORCH_CHECK(st.codec.fits(N + 1), "too many atoms for the plan's edge keys");
+  int64_t* ei = edge_index.data_ptr<int64_t>();
+  int64_t* rp_out = row_ptr.data_ptr<int64_t>();
+  int64_t* stat = status.data_ptr<int64_t>();
+  auto empty_graph = [&]() {
+    std::fill(rp_out, rp_out + N + 1, int64_t(0));
+    if (dtype == at::kFloat)
+      pad_edges<float>(0, C, ei, shifts.data_ptr<float>(), vec.data_ptr<float>(),
+                       dist.data_ptr<float>());
+    else
+      pad_edges<double>(0, C, ei, shifts.data_ptr<double>(), vec.data_ptr<double>(),
+                        dist.data_ptr<double>());
+  };
+  double max_abs = 0.0;
+  for (int64_t k = 0; k < 3 * N; ++k) max_abs = std::max(max_abs, std::fabs(pos[k]));
+  stat[0] = 0;
+  stat[1] = max_abs > plan_max_abs ? 1 : 0;
+  if (stat[1]) {
+    empty_graph();
+    return;
+  }
+  const int nt = num_threads(N);
+  Binned b;
+  bin_atoms(st, pos, bat, N, nt, b);
+  std::vector<int64_t> rp(static_cast<size_t>(N + 1));
+  Rows rows;
+  search_all(st, b, bat, N, loop, nt, rows, rp.data());
+  const int64_t E = rp[N];
+  stat[0] = E;
+  if (E > C) {
+    empty_graph();
+    return;
+  }
+  std::copy(rp.begin(), rp.end(), rp_out);
+  if (dtype == at::kFloat) {
+    fill_edges<float>(st, b, rows, bat, N, nt, rp.data(), ei, C, shifts.data_ptr<float>(),
+                      vec.data_ptr<float>(), dist.data_ptr<float>());
+    pad_edges<float>(E, C, ei, shifts.data_ptr<float>(), vec.data_ptr<float>(),
+                     dist.data_ptr<float>());
+  } else {
+    fill_edges<double>(st, b, rows, bat, N, nt, rp.data(), ei, C, shifts.data_ptr<double>(),
+                       vec.data_ptr<double>(), dist.data_ptr<double>());
+    pad_edges<double>(E, C, ei, shifts.data_ptr<double>(), vec.data_ptr<double>(),
+                      dist.data_ptr<double>());
+  }
+}
+
 // Keep the candidate edges (sorted, e.g. a Verlet list built with cutoff + skin) that are within
 // [cutoff_lower, cutoff) now, with exactly the membership test of the search itself, so the
 // result equals a fresh build. Self-loops (i, i, 0) are kept iff loop.
@@ -727,9 +867,18 @@ TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
   m.def(
       "filter_pairs(Tensor pos, Tensor batch, Tensor? box, Tensor edge_index, Tensor shifts, "
       "float cutoff, float cutoff_lower, bool loop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "radius_graph_plan(Tensor pos, Tensor batch, Tensor? box, float cutoff, float cutoff_lower, "
+      "float max_abs) -> Tensor");
+  m.def(
+      "radius_graph_static(Tensor pos, Tensor batch, Tensor plan, Tensor plan_dev, bool loop, "
+      "Tensor(a!) edge_index, Tensor(b!) shifts, Tensor(c!) vec, Tensor(d!) dist, "
+      "Tensor(e!) row_ptr, Tensor(f!) status) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(tensornet_fast, CPU, m) {
   m.impl("radius_graph", &radius_graph_cpu);
   m.impl("filter_pairs", &filter_pairs_cpu);
+  m.impl("radius_graph_plan", &radius_graph_plan_cpu);
+  m.impl("radius_graph_static", &radius_graph_static_cpu);
 }
