@@ -154,22 +154,33 @@ def plot_radius_graph(rows: list[dict], device: str, path: str) -> bool:
     if not rg:
         return False
     plt = _plt()
+    # The latest measurement of each (implementation, mode, cutoff, size): re-runs replace
+    # older rows instead of zigzagging the line.
+    latest = {}
+    for r in sorted(rg, key=lambda r: r["date"]):
+        key = (_label(r), r["mode"], r["_notes"].get("cutoff", ""), int(r["atoms"]))
+        latest[key] = r
     lines = defaultdict(list)
-    for r in rg:
-        lines[(_label(r), r["mode"], r["_notes"].get("cutoff", ""))].append(r)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (label, mode, cutoff, _), r in latest.items():
+        lines[(label, mode, cutoff)].append(r)
+    fig, (ax, ax_ns) = plt.subplots(1, 2, figsize=(11, 4.5))
     for (label, mode, cutoff), rs in sorted(lines.items()):
         rs.sort(key=lambda r: int(r["atoms"]))
         name = " ".join(x for x in (label, mode, f"r_c={cutoff}" if cutoff else "") if x)
-        ax.plot([int(r["atoms"]) for r in rs], [float(r["median_s"]) * 1e3 for r in rs],
-                marker="o", label=name)
-    ax.set_xscale("log")
+        atoms = [int(r["atoms"]) for r in rs]
+        ax.plot(atoms, [float(r["median_s"]) * 1e3 for r in rs], marker="o", label=name)
+        ax_ns.plot(atoms, [float(r["ns_per_atom"]) for r in rs], marker="o", label=name)
+    for a in (ax, ax_ns):
+        a.set_xscale("log")
+        a.set_xlabel("atoms")
+        a.grid(True, which="both", alpha=0.3)
     ax.set_yscale("log")
-    ax.set_xlabel("atoms")
     ax.set_ylabel("median time per neighbour list (ms)")
-    ax.grid(True, which="both", alpha=0.3)
+    ax_ns.set_ylabel("ns per atom (flat = linear scaling)")
+    ax_ns.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     ax.set_title(f"Neighbour-list scaling — {device}", fontsize=10)
+    ax_ns.set_title("time per atom", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

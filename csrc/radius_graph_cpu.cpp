@@ -306,16 +306,39 @@ struct ScanArgs {
   double lc2, ll2, tc2, tl2;
 };
 
-template <bool kBand, class Exact>
-size_t scan_scalar(const ScanArgs& a, int64_t q0, int64_t q1, uint64_t* __restrict out, size_t k,
-                   Exact&& exact) {
+// The exact test of a band candidate q (rare: kept out of line, off the hot loops).
+struct ExactArgs {
+  const double* rec;       // per atom: x, y, z, w0, w1, w2
+  const int64_t* catom;    // bin order -> atom
+  const double* xi;        // receiver: original position, then wrap
+  const double* box;
+  int64_t m0, m1, m2;      // image of the neighbour bin
+  double cut2, low2;
+};
+
+__attribute__((noinline, cold)) bool exact_ok(const ExactArgs& x, int64_t q) {
+  const double* xj = x.rec + 6 * x.catom[q];
+  const double* wi = x.xi + 3;
+  const double s[3] = {xj[3] - wi[0] - static_cast<double>(x.m0),
+                       xj[4] - wi[1] - static_cast<double>(x.m1),
+                       xj[5] - wi[2] - static_cast<double>(x.m2)};
+  double v[3];
+  const double e2 = tnf::exact_d2(x.xi, xj, s, x.box, true, v);
+  return e2 < x.cut2 && e2 >= x.low2;
+}
+
+template <bool kBand>
+__attribute__((always_inline)) inline size_t scan_scalar(const ScanArgs& a, int64_t q0,
+                                                         int64_t q1, uint64_t* __restrict out,
+                                                         size_t k, const ExactArgs& exact) {
   for (int64_t q = q0; q < q1; ++q) {
     const double vx = a.t0 - a.px[q], vy = a.t1 - a.py[q], vz = a.t2 - a.pz[q];
     const double r2 = vx * vx + vy * vy + vz * vz;
     const bool acc = (r2 < a.lc2) & (r2 >= a.ll2);
     out[k] = a.ck[q] | a.code;  // branch-free compaction: advance only on acceptance
     k += acc;
-    if (kBand && __builtin_expect(acc & ((r2 >= a.tc2) | (r2 < a.tl2)), 0)) k -= !exact(q);
+    if (kBand && __builtin_expect(acc & ((r2 >= a.tc2) | (r2 < a.tl2)), 0))
+      k -= !exact_ok(exact, q);
   }
   return k;
 }
@@ -342,10 +365,10 @@ const CompressTable kCompress;
 
 // AVX2 version of scan_scalar, same results (the same r2 expression, rounded the same way:
 // target avx2 without fma, so nothing is contracted). Selected at run time.
-template <bool kBand, class Exact>
+template <bool kBand>
 __attribute__((target("avx2"))) size_t scan_avx2(const ScanArgs& a, int64_t q0, int64_t q1,
                                                  uint64_t* __restrict out, size_t k,
-                                                 Exact&& exact) {
+                                                 const ExactArgs& exact) {
   const __m256d T0 = _mm256_set1_pd(a.t0), T1 = _mm256_set1_pd(a.t1), T2 = _mm256_set1_pd(a.t2);
   const __m256d LC = _mm256_set1_pd(a.lc2), LL = _mm256_set1_pd(a.ll2);
   const __m256d TC = _mm256_set1_pd(a.tc2), TL = _mm256_set1_pd(a.tl2);
@@ -367,7 +390,7 @@ __attribute__((target("avx2"))) size_t scan_avx2(const ScanArgs& a, int64_t q0, 
       while (__builtin_expect(bm != 0, 0)) {
         const int l = __builtin_ctz(bm);
         bm &= bm - 1;
-        if (!exact(q + l)) m &= ~(1 << l);
+        if (!exact_ok(exact, q + l)) m &= ~(1 << l);
       }
     }
     const __m256i keys = _mm256_or_si256(
@@ -401,8 +424,7 @@ size_t search_row(int64_t i, const tnf::Grid& g, const Binned& b, const tnf::Sea
   const int64_t* bi = &b.bins[3 * i];
   const int64_t si = b.slot[i];
   const double pwi[3] = {b.px[si], b.py[si], b.pz[si]};
-  const double* xi = &b.rec[6 * i];
-  const double* wi = xi + 3;
+  const double* xi = &b.rec[6 * i];  // original position, then wrap
   double gap[3][2];
   for (int k = 0; k < 3; ++k) {
     const double u = kPeriodic ? (pwi[0] * g.inv[k] + pwi[1] * g.inv[3 + k] +
@@ -483,13 +505,7 @@ size_t search_row(int64_t i, const tnf::Grid& g, const Binned& b, const tnf::Sea
         const uint64_t code = codec.code(-m0, -m1, -m2);
         arena.reserve(row, n, static_cast<size_t>(qb - qa) + 4);  // + 4: full-width stores
         const ScanArgs args{px, py, pz, ck, t[0], t[1], t[2], code, lc2, ll2, tc2, tl2};
-        auto exact = [&](int64_t q) {
-          const double* xj = &b.rec[6 * b.catom[q]];
-          const double s[3] = {xj[3] - wi[0] - m0, xj[4] - wi[1] - m1, xj[5] - wi[2] - m2};
-          double v[3];
-          const double e2 = tnf::exact_d2(xi, xj, s, g.box, true, v);
-          return e2 < p.cut2 && e2 >= p.low2;
-        };
+        const ExactArgs exact{b.rec.data(), b.catom.data(), xi, g.box, m0, m1, m2, p.cut2, p.low2};
         auto scan = [&](int64_t q0, int64_t q1) {
 #ifdef TNF_HAVE_AVX2_SCAN
           if (avx2) {
