@@ -8,6 +8,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <mutex>
+#include <utility>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
@@ -92,27 +94,6 @@ int num_threads(int64_t n) {
   return n >= kParallelAtoms ? std::max(1, at::get_num_threads()) : 1;
 }
 
-// The outputs are ~72 B per edge (380 MB at 100k water atoms, fp64) in fresh mmap'd memory, and
-// first-touch page faults of 4 KiB pages cost as much as the search itself on this machine
-// (~0.5 s for 380 MB under load). Asking for transparent huge pages on the 2 MiB-aligned
-// interior of big outputs cuts the number of faults ~500x; it is only advice (THP "madvise"
-// mode) and a no-op where unsupported.
-void advise_huge_pages(void* ptr, size_t bytes) {
-#ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (bytes < 4 * kHuge) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + bytes) & ~(kHuge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)ptr;
-  (void)bytes;
-#endif
-}
-
-void advise_huge_pages(const at::Tensor& t) {
-  advise_huge_pages(t.data_ptr(), t.numel() * t.element_size());
-}
 
 
 // Per-molecule atom ranges from a sorted batch vector.
@@ -246,29 +227,108 @@ void bin_atoms(const tnf::Setup& st, const double* pos, const int64_t* bat, int6
   }
 }
 
+// Memory of large outputs and key arenas: whole 2 MiB pages with huge-page advice (first-touch
+// faults of 4 KiB pages cost as much as the search itself on 380 MB of output), and a small
+// cache of freed blocks. Fresh anonymous memory is zeroed by the kernel on first touch, which
+// costs about a quarter of a 100k-atom search (72 B per edge of output); a block freed by a
+// previous call is reused as it is. The cache keeps at most kCacheBlocks blocks and
+// TNF_RADIUS_GRAPH_CACHE_MB megabytes (default 1024; 0 disables it), everything else is
+// unmapped at once.
+class BlockCache {
+ public:
+  static constexpr size_t kHuge = size_t(1) << 21;
+  static constexpr size_t kCacheBlocks = 16;
+
+  static BlockCache& get() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive exit
+    return *cache;
+  }
+
+  // A block of at least `bytes`; *got receives its size.
+  void* acquire(size_t bytes, size_t* got) {
+    bytes = round_up(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = free_.size();
+      for (size_t k = 0; k < free_.size(); ++k)
+        if (free_[k].second >= bytes && free_[k].second <= bytes + bytes / 4 + kHuge &&
+            (best == free_.size() || free_[k].second < free_[best].second))
+          best = k;
+      if (best < free_.size()) {
+        void* p = free_[best].first;
+        *got = free_[best].second;
+        cached_ -= *got;
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
+        return p;
+      }
+    }
+    // Slightly larger than asked, so the next call's graph of about the same size fits.
+    const size_t size = round_up(bytes + bytes / 16);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(p != MAP_FAILED, "radius_graph: out of memory (", size, " bytes)");
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    *got = size;
+    return p;
+  }
+
+  void release(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (bytes + cached_ <= limit_ && free_.size() < kCacheBlocks) {
+        free_.emplace_back(p, bytes);
+        cached_ += bytes;
+        return;
+      }
+    }
+    munmap(p, bytes);
+  }
+
+ private:
+  BlockCache() {
+    const char* env = std::getenv("TNF_RADIUS_GRAPH_CACHE_MB");
+    limit_ = (env != nullptr ? static_cast<size_t>(std::max(0L, std::atol(env))) : size_t(1024))
+             << 20;
+  }
+  static size_t round_up(size_t b) { return (std::max<size_t>(b, 1) + kHuge - 1) & ~(kHuge - 1); }
+
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> free_;
+  size_t cached_ = 0, limit_ = 0;
+};
+
+// Outputs edge_index [2, E], shifts / vec [E, 3], dist [E] (dtype), each in its own block (one
+// block per tensor: torch.save refuses storages viewed as different dtypes). Small graphs use
+// ordinary tensors.
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : sizes) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * at::elementSize(dtype);
+  if (bytes < (size_t(4) << 20)) return at::empty(sizes, at::TensorOptions().dtype(dtype));
+  size_t got = 0;
+  void* p = BlockCache::get().acquire(bytes, &got);
+  return at::from_blob(
+      p, sizes, [got](void* ptr) { BlockCache::get().release(ptr, got); },
+      at::TensorOptions().dtype(dtype));
+}
+
 // Per-thread storage of the rows' sort keys: blocks of kBlock keys, a row never spans two.
 class Arena {
  public:
-  static constexpr size_t kBlock = size_t(1) << 19;  // 4 MiB
+  static constexpr size_t kBlock = size_t(1) << 22;  // 32 MiB
   ~Arena() {
-    for (uint64_t* p : blocks_) std::free(p);
+    for (const auto& b : blocks_) BlockCache::get().release(b.first, b.second);
   }
   // Room for `need` more keys after the `used` keys of the current row, which starts at *row;
   // moves the row into a new block when the current one is full.
   void reserve(uint64_t*& row, size_t used, size_t need) {
     if (row + used + need <= end_) return;
-    // Whole 2 MiB pages (aligned, huge-page advice): first-touch faults of 4 KiB pages would
-    // cost more than the keys' writes.
-    constexpr size_t kHuge = size_t(1) << 21;
-    const size_t bytes =
-        (std::max(kBlock, 2 * (used + need)) * sizeof(uint64_t) + kHuge - 1) & ~(kHuge - 1);
+    size_t bytes = 0;
+    uint64_t* p = static_cast<uint64_t*>(BlockCache::get().acquire(
+        std::max(kBlock, 2 * (used + need)) * sizeof(uint64_t), &bytes));
     const size_t cap = bytes / sizeof(uint64_t);
-    uint64_t* p = static_cast<uint64_t*>(std::aligned_alloc(kHuge, bytes));
-    TORCH_CHECK(p != nullptr, "radius_graph: out of memory for ", cap, " keys");
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-    blocks_.push_back(p);
+    blocks_.emplace_back(p, bytes);
     if (used) std::memcpy(p, row, used * sizeof(uint64_t));
     row = p;
     end_ = p + cap;
@@ -284,7 +344,7 @@ class Arena {
   }
 
  private:
-  std::vector<uint64_t*> blocks_;
+  std::vector<std::pair<void*, size_t>> blocks_;
   uint64_t* head_ = nullptr;
   uint64_t* end_ = nullptr;
 };
@@ -642,10 +702,9 @@ Result radius_graph_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
   search_all(st, b, bat, N, loop, nt, rows, rp);
   TNF_TICK("search");
   const int64_t E = rp[N];
-  const auto fopt = at::TensorOptions().dtype(dtype);
-  at::Tensor edge_index = at::empty({2, E}, at::kLong);
-  at::Tensor shifts = at::empty({E, 3}, fopt), vec = at::empty({E, 3}, fopt), dist = at::empty({E}, fopt);
-  for (const at::Tensor* t : {&edge_index, &shifts, &vec, &dist}) advise_huge_pages(*t);
+  at::Tensor edge_index = cached_empty({2, E}, at::kLong);
+  at::Tensor shifts = cached_empty({E, 3}, dtype), vec = cached_empty({E, 3}, dtype),
+             dist = cached_empty({E}, dtype);
   if (dtype == at::kFloat)
     fill_edges<float>(st, b, rows, bat, N, nt, rp, edge_index.data_ptr<int64_t>(), E,
                       shifts.data_ptr<float>(), vec.data_ptr<float>(), dist.data_ptr<float>());

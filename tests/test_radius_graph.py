@@ -670,3 +670,31 @@ def test_static_empty_system():
     snl = radius_graph_static(pos, 3.0, 4, loop=True)
     assert snl.check() == 0 and snl.row_ptr.tolist() == [0]
     assert bool((snl.edge_index == -1).all())
+
+
+def test_large_outputs_from_the_block_cache(tmp_path):
+    """Outputs above 4 MB come from the extension's block cache (reused across calls): the
+    same edges as vesin on every call, ordinary tensors for torch.save and autograd."""
+    vesin = pytest.importorskip("vesin")
+    pos, box = water_box(2000)
+    vi, vj, vS, _ = vesin.NeighborList(cutoff=5.0, full_list=True).compute(pos, box, True, "ijSd")
+    vref = np.column_stack((vi, vj, -vS)).astype(np.int64)
+    vref = vref[np.lexsort(vref.T[::-1])]
+    p, b = torch.tensor(pos, requires_grad=True), torch.tensor(box)
+    first = None
+    for _ in range(3):  # the second and third calls reuse the blocks freed by the previous one
+        nl = radius_graph_full(p, 5.0, box=b)
+        assert nl.edge_vec.numel() * 8 > 4 << 20  # large enough for the cache
+        assert np.array_equal(as_rows(nl), vref)
+        if first is None:
+            first = [t.detach().clone() for t in (nl.edge_index, nl.edge_vec, nl.edge_dist)]
+        else:
+            for x, y in zip(first, (nl.edge_index, nl.edge_vec, nl.edge_dist)):
+                assert torch.equal(x, y.detach())
+        del nl
+    nl = radius_graph_full(p, 5.0, box=b)
+    torch.save(nl, tmp_path / "nl.pt")
+    back = torch.load(tmp_path / "nl.pt", weights_only=False)
+    assert torch.equal(back.edge_index, nl.edge_index)
+    (g,) = torch.autograd.grad(nl.edge_dist.sum(), p)
+    assert bool(torch.isfinite(g).all())
