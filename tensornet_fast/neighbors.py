@@ -8,7 +8,9 @@ Two searches with the same output:
   bound memory. It is what the compiled search is tested against, and the fallback without the
   extension.
 Both are exact for any triclinic cell and any cutoff, including cutoffs larger than half the
-cell (every periodic image within the cutoff is a separate edge).
+cell (every periodic image within the cutoff is a separate edge). :class:`StaticRadiusGraph` /
+:func:`radius_graph_static` run the compiled search into fixed-capacity buffers (MD loops, CUDA
+graphs) with overflow reported, never silent.
 
 Conventions (SPEC.md): edge e = (i, j), i = edge_index[0] receives, j = edge_index[1] sends,
 ``edge_vec = pos[i] - pos[j] + shift @ box``; both directions of every pair; pairs with
@@ -505,10 +507,11 @@ class StaticRadiusGraph:
     box, loop, cutoff_lower)`` validates the inputs, plans the cell grid on the host (from the
     box, or from the bounding box of open molecules) and allocates the output buffers on
     ``pos.device``. Each call ``graph(pos)`` then searches the new positions into the SAME
-    buffers and returns a :class:`StaticNeighborList`. With ``check=False`` a call does no
-    host-device synchronisation (on CUDA: kernel launches and device-side scans only, so it can
-    be captured in a CUDA graph); call ``.check()`` on the result later, outside the captured
-    region. With ``check=True`` (the default) it raises
+    buffers and returns a :class:`StaticNeighborList` (views of the buffers: the next call
+    overwrites them). With ``check=False`` a call does no host-device synchronisation (on CUDA:
+    kernel launches and device-side scans only, written to be captured in a CUDA graph; the CUDA
+    path is compile-checked, not yet run on a GPU); call ``.check()`` on the result later,
+    outside the captured region. With ``check=True`` (the default) it raises
     :class:`~tensornet_fast.errors.NeighborListOverflowError` right away.
 
     The edges are exactly those of :func:`radius_graph_full` at any positions: for open
