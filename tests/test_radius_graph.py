@@ -674,9 +674,10 @@ def test_static_empty_system():
 
 def test_large_outputs_from_the_block_cache(tmp_path):
     """Outputs above 4 MB come from the extension's block cache (reused across calls): the
-    same edges as vesin on every call, ordinary tensors for torch.save and autograd."""
+    same edges as vesin on every call, ordinary tensors for torch.save and autograd. 9000
+    atoms: above the size where the search runs on all OpenMP threads."""
     vesin = pytest.importorskip("vesin")
-    pos, box = water_box(2000)
+    pos, box = water_box(3000)
     vi, vj, vS, _ = vesin.NeighborList(cutoff=5.0, full_list=True).compute(pos, box, True, "ijSd")
     vref = np.column_stack((vi, vj, -vS)).astype(np.int64)
     vref = vref[np.lexsort(vref.T[::-1])]
@@ -693,6 +694,11 @@ def test_large_outputs_from_the_block_cache(tmp_path):
                 assert torch.equal(x, y.detach())
         del nl
     nl = radius_graph_full(p, 5.0, box=b)
+    # The static search (threaded too) gives the same edges.
+    snl = radius_graph_static(p.detach(), 5.0, nl.num_edges + 100, box=b)
+    assert snl.check() == nl.num_edges
+    assert torch.equal(snl.to_neighbor_list().edge_index, nl.edge_index)
+    assert torch.equal(snl.to_neighbor_list().edge_vec, nl.edge_vec.detach())
     torch.save(nl, tmp_path / "nl.pt")
     back = torch.load(tmp_path / "nl.pt", weights_only=False)
     assert torch.equal(back.edge_index, nl.edge_index)
