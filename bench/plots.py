@@ -29,14 +29,17 @@ PEER_FAMILY = "torchmd-net"
 def _label(r: dict) -> str:
     if r["implementation"] == PEER_FAMILY:
         return {"default": "torchmd-net default (Warp)", "pure": "torchmd-net pure PyTorch"}.get(
-            r["backend"], f"torchmd-net {r['backend']}")
+            r["backend"], f"torchmd-net {r['backend']}"
+        )
     return f"{r['implementation']} [{r['backend']}]"
 
 
-def load(csv: str, device_name: str | None = None,
-         include_tiny: bool = False) -> tuple[list[dict], str | None]:
-    rows = [r for r in harness.read_rows(csv)
-            if include_tiny or "tiny=1" not in (r.get("notes") or "")]
+def load(
+    csv: str, device_name: str | None = None, include_tiny: bool = False
+) -> tuple[list[dict], str | None]:
+    rows = [
+        r for r in harness.read_rows(csv) if include_tiny or "tiny=1" not in (r.get("notes") or "")
+    ]
     for r in rows:
         r["_notes"] = parse_notes(r.get("notes", ""))
     if device_name is None:
@@ -45,8 +48,16 @@ def load(csv: str, device_name: str | None = None,
     rows = [r for r in rows if r["device"] == device_name]
     newest: dict = {}
     for r in rows:
-        key = (r["benchmark"], r["implementation"], r["backend"], r["mode"], r["system"],
-               r["_notes"].get("model"), r["_notes"].get("stage"), r["dtype"])
+        key = (
+            r["benchmark"],
+            r["implementation"],
+            r["backend"],
+            r["mode"],
+            r["system"],
+            r["_notes"].get("model"),
+            r["_notes"].get("stage"),
+            r["dtype"],
+        )
         if key not in newest or r["date"] >= newest[key]["date"]:
             newest[key] = r
     return list(newest.values()), device_name
@@ -99,18 +110,27 @@ def speedups(rows: list[dict]) -> list[dict]:
     model = [r for r in rows if r["benchmark"] == "model"]
     by_case = defaultdict(dict)
     for r in model:
-        by_case[(r["system"], r["_notes"]["model"], int(r["atoms"]))][(r["implementation"],
-                                                                       r["backend"])] = r
+        by_case[(r["system"], r["_notes"]["model"], int(r["atoms"]))][
+            (r["implementation"], r["backend"])
+        ] = r
     out = []
-    for (system, tag, atoms), impls in sorted(by_case.items(), key=lambda kv: (kv[0][1],
-                                                                                kv[0][2])):
+    for (system, tag, atoms), impls in sorted(by_case.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         ours = {k: v for k, v in impls.items() if k[0] != PEER_FAMILY}
         peers = {k: v for k, v in impls.items() if k[0] == PEER_FAMILY}
         for _, o in sorted(ours.items()):
             for _, pr in sorted(peers.items()):
-                out.append({"system": system, "model": tag, "atoms": atoms, "ours": _label(o),
-                            "peer": _label(pr), "ratio": float(pr["median_s"]) / float(
-                                o["median_s"]), "ours_row": o, "peer_row": pr})
+                out.append(
+                    {
+                        "system": system,
+                        "model": tag,
+                        "atoms": atoms,
+                        "ours": _label(o),
+                        "peer": _label(pr),
+                        "ratio": float(pr["median_s"]) / float(o["median_s"]),
+                        "ours_row": o,
+                        "peer_row": pr,
+                    }
+                )
     return out
 
 
@@ -154,22 +174,33 @@ def plot_radius_graph(rows: list[dict], device: str, path: str) -> bool:
     if not rg:
         return False
     plt = _plt()
+    # The latest measurement of each (implementation, mode, cutoff, size): re-runs replace
+    # older rows instead of zigzagging the line.
+    latest = {}
+    for r in sorted(rg, key=lambda r: r["date"]):
+        key = (_label(r), r["mode"], r["_notes"].get("cutoff", ""), int(r["atoms"]))
+        latest[key] = r
     lines = defaultdict(list)
-    for r in rg:
-        lines[(_label(r), r["mode"], r["_notes"].get("cutoff", ""))].append(r)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (label, mode, cutoff, _), r in latest.items():
+        lines[(label, mode, cutoff)].append(r)
+    fig, (ax, ax_ns) = plt.subplots(1, 2, figsize=(11, 4.5))
     for (label, mode, cutoff), rs in sorted(lines.items()):
         rs.sort(key=lambda r: int(r["atoms"]))
         name = " ".join(x for x in (label, mode, f"r_c={cutoff}" if cutoff else "") if x)
-        ax.plot([int(r["atoms"]) for r in rs], [float(r["median_s"]) * 1e3 for r in rs],
-                marker="o", label=name)
-    ax.set_xscale("log")
+        atoms = [int(r["atoms"]) for r in rs]
+        ax.plot(atoms, [float(r["median_s"]) * 1e3 for r in rs], marker="o", label=name)
+        ax_ns.plot(atoms, [float(r["ns_per_atom"]) for r in rs], marker="o", label=name)
+    for a in (ax, ax_ns):
+        a.set_xscale("log")
+        a.set_xlabel("atoms")
+        a.grid(True, which="both", alpha=0.3)
     ax.set_yscale("log")
-    ax.set_xlabel("atoms")
     ax.set_ylabel("median time per neighbour list (ms)")
-    ax.grid(True, which="both", alpha=0.3)
+    ax_ns.set_yscale("log")
+    ax_ns.set_ylabel("ns per atom (flat = linear scaling)")
     ax.legend(fontsize=7)
     ax.set_title(f"Neighbour-list scaling — {device}", fontsize=10)
+    ax_ns.set_title("time per atom (latest row of each size)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -177,8 +208,9 @@ def plot_radius_graph(rows: list[dict], device: str, path: str) -> bool:
 
 
 def plot_stages(rows: list[dict], device: str, path: str) -> bool:
-    st = [r for r in rows
-          if r["benchmark"] == "model_stage" and r["_notes"].get("stage") != "total"]
+    st = [
+        r for r in rows if r["benchmark"] == "model_stage" and r["_notes"].get("stage") != "total"
+    ]
     if not st:
         return False
     plt = _plt()
@@ -192,8 +224,12 @@ def plot_stages(rows: list[dict], device: str, path: str) -> bool:
     for stage in stages:
         vals = []
         for g in groups:
-            v = [float(r["ns_per_atom"]) / 1e3 for r in st if r["_notes"]["stage"] == stage and
-                 (r["_notes"]["model"], int(r["atoms"]), r["system"], _label(r)) == g]
+            v = [
+                float(r["ns_per_atom"]) / 1e3
+                for r in st
+                if r["_notes"]["stage"] == stage
+                and (r["_notes"]["model"], int(r["atoms"]), r["system"], _label(r)) == g
+            ]
             vals.append(v[0] if v else 0.0)
         ax.bar(range(len(groups)), vals, 0.6, bottom=bottoms, label=stage)
         bottoms = [b + v for b, v in zip(bottoms, vals)]
@@ -230,8 +266,11 @@ def headline(rows: list[dict], device: str) -> str:
         cells = []
         for peer in ("torchmd-net default (Warp)", "torchmd-net pure PyTorch"):
             s = peers.get(peer)
-            cells += ([f"{float(s['peer_row']['median_s']) * 1e3:.1f}", f"{s['ratio']:.2f}x"]
-                      if s else ["—", "—"])
+            cells += (
+                [f"{float(s['peer_row']['median_s']) * 1e3:.1f}", f"{s['ratio']:.2f}x"]
+                if s
+                else ["—", "—"]
+            )
         lines.append(
             f"| {model} | {system} | {atoms} | {int(o['edges']) / atoms:.1f} | {ours} "
             f"| {float(o['median_s']) * 1e3:.1f} | " + " | ".join(cells) + " |"
@@ -242,8 +281,10 @@ def headline(rows: list[dict], device: str) -> str:
             rs = [s["ratio"] for s in sp if s["peer"] == peer and s["ours"] == ours]
             if rs:
                 gm = math.exp(sum(math.log(r) for r in rs) / len(rs))
-                lines.append(f"- {ours} vs {peer}: geometric mean {gm:.2f}x over {len(rs)} cases "
-                             f"(range {min(rs):.2f}x to {max(rs):.2f}x).")
+                lines.append(
+                    f"- {ours} vs {peer}: geometric mean {gm:.2f}x over {len(rs)} cases "
+                    f"(range {min(rs):.2f}x to {max(rs):.2f}x)."
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -261,17 +302,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no (non-tiny) rows in {args.csv}: nothing to plot", file=sys.stderr)
         return 0
     made = []
-    for name, fn in (("time_per_atom.png", plot_time_per_atom), ("speedup.png", plot_speedup),
-                     ("radius_graph.png", plot_radius_graph), ("stages.png", plot_stages)):
+    for name, fn in (
+        ("time_per_atom.png", plot_time_per_atom),
+        ("speedup.png", plot_speedup),
+        ("radius_graph.png", plot_radius_graph),
+        ("stages.png", plot_stages),
+    ):
         if fn(rows, device, os.path.join(out, name)):
             made.append(name)
     table = headline(rows, device)
     if table:
         with open(os.path.join(out, "HEADLINE.md"), "w") as fh:
-            fh.write("# Headline: tensornet_fast vs torchmd-net 3.1\n\n" + table +
-                     "\nPlots: time_per_atom.png, speedup.png, stages.png (same folder). "
-                     "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
-                     "and read where the sweep stops and why: bench/README.md.\n")
+            fh.write(
+                "# Headline: tensornet_fast vs torchmd-net 3.1\n\n"
+                + table
+                + "\nPlots: time_per_atom.png, speedup.png, stages.png (same folder). "
+                "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
+                "and read where the sweep stops and why: bench/README.md.\n"
+            )
         made.append("HEADLINE.md")
     print(f"{device}: wrote {', '.join(made) or 'nothing'} in {out}", file=sys.stderr)
     return 0

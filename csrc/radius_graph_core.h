@@ -16,6 +16,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,24 +88,31 @@ TNF_HD double exact_d2(const double xi[3], const double xj[3], const double s[3]
 }
 
 // Sort key of an edge within its receiver's row: sender j first, then the lattice shift
-// relative to the receiver's cell (lexicographic), packed in one uint64: j * K + code with
-// K = (2M + 1)^3 and |component| <= M. For a fixed (i, j) the full shift is this relative shift
-// plus a constant (wrap_j - wrap_i), so the order equals the (j, shift) order of the contract.
+// relative to the receiver's cell (lexicographic), packed in one uint64 as bit fields:
+// key = j << 3B | (s0 + M) << 2B | (s1 + M) << B | (s2 + M), B bits per component with
+// 2M < 2^B and |component| <= M. For a fixed (i, j) the full shift is this relative shift plus a
+// constant (wrap_j - wrap_i), so the order equals the (j, shift) order of the contract. Shifts
+// and masks only: no integer division when decoding.
 struct KeyCodec {
   int64_t M;
-  int64_t W;  // 2M + 1
-  uint64_t K;
+  int32_t B;
+  TNF_HD uint64_t code(int64_t s0, int64_t s1, int64_t s2) const {
+    return (static_cast<uint64_t>(s0 + M) << (2 * B)) | (static_cast<uint64_t>(s1 + M) << B) |
+           static_cast<uint64_t>(s2 + M);
+  }
   TNF_HD uint64_t encode(int64_t j, const int64_t s[3]) const {
-    uint64_t code = static_cast<uint64_t>(((s[0] + M) * W + (s[1] + M)) * W + (s[2] + M));
-    return static_cast<uint64_t>(j) * K + code;
+    return (static_cast<uint64_t>(j) << (3 * B)) | code(s[0], s[1], s[2]);
   }
   TNF_HD void decode(uint64_t key, int64_t* j, int64_t s[3]) const {
-    *j = static_cast<int64_t>(key / K);
-    int64_t code = static_cast<int64_t>(key % K);
-    s[2] = code % W - M;
-    code /= W;
-    s[1] = code % W - M;
-    s[0] = code / W - M;
+    const uint64_t mask = (uint64_t(1) << B) - 1;
+    *j = static_cast<int64_t>(key >> (3 * B));
+    s[2] = static_cast<int64_t>(key & mask) - M;
+    s[1] = static_cast<int64_t>((key >> B) & mask) - M;
+    s[0] = static_cast<int64_t>((key >> (2 * B)) & mask) - M;
+  }
+  // True when atom indices below n fit above the 3B shift bits.
+  bool fits(int64_t n) const {
+    return 3 * B < 63 && static_cast<uint64_t>(n) <= (uint64_t(1) << (64 - 3 * B));
   }
 };
 
@@ -238,7 +246,7 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
         const double* b = boxes + 9 * m + 3 * r;
         max_row = std::max(max_row, std::sqrt(b[0] * b[0] + b[1] * b[1] + b[2] * b[2]));
       }
-  int64_t M = 1, final_M = 1;
+  int64_t M = 1;
   // Pass 1 sizes the bins with a provisional margin; the margin grows with the number of images
   // M (the loose test subtracts m @ box from wrapped positions), so recompute it after sizing.
   double delta = 0.0;
@@ -327,7 +335,6 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
       cell += g.n[0] * g.n[1] * g.n[2];
     }
     st.n_cells = cell;
-    final_M = maxM;
     if (maxM <= M) break;
     M = maxM;
   }
@@ -341,9 +348,58 @@ inline Setup make_setup(int64_t n_mol, const double* boxes, const double* lo, co
   st.params.tight_low2 = tight_low * tight_low;
   st.params.cut2 = cutoff * cutoff;
   st.params.low2 = cutoff_lower * cutoff_lower;
-  st.codec.M = final_M;
-  st.codec.W = 2 * M + 1;
-  st.codec.K = static_cast<uint64_t>(st.codec.W) * st.codec.W * st.codec.W;
+  // M >= the largest |shift| component (maxM of the last pass); B bits hold 0 .. 2M.
+  st.codec.M = M;
+  st.codec.B = 1;
+  while ((int64_t(1) << st.codec.B) <= 2 * M && st.codec.B < 21) ++st.codec.B;
+  return st;
+}
+
+// ------------------------------------------------------------------------------------- plans
+// A plan is a Setup flattened into bytes (header, then one Grid per molecule), so it can be
+// computed once on the host, kept in a uint8 tensor and copied to the device: the static-capacity
+// search (radius_graph_static) then needs no host-side work per call, which CUDA graphs require.
+struct PlanHeader {
+  int64_t magic;  // kPlanMagic
+  int64_t n_mol;
+  int64_t n_cells;
+  double max_abs;  // the rounding margin covers coordinates up to this magnitude
+  SearchParams params;
+  KeyCodec codec;
+};
+
+constexpr int64_t kPlanMagic = 0x746e66706c616e31;  // "tnfplan1"
+
+inline size_t plan_bytes(int64_t n_mol) {
+  return sizeof(PlanHeader) + static_cast<size_t>(n_mol) * sizeof(Grid);
+}
+
+inline void write_plan(const Setup& st, double max_abs, uint8_t* out) {
+  PlanHeader h;
+  h.max_abs = max_abs;
+  h.magic = kPlanMagic;
+  h.n_mol = static_cast<int64_t>(st.grids.size());
+  h.n_cells = st.n_cells;
+  h.params = st.params;
+  h.codec = st.codec;
+  std::memcpy(out, &h, sizeof(h));
+  if (!st.grids.empty())
+    std::memcpy(out + sizeof(h), st.grids.data(), st.grids.size() * sizeof(Grid));
+}
+
+inline Setup read_plan(const uint8_t* in, size_t n_bytes, double* max_abs) {
+  PlanHeader h;
+  if (n_bytes < sizeof(h)) throw std::invalid_argument("radius graph plan: too short");
+  std::memcpy(&h, in, sizeof(h));
+  if (h.magic != kPlanMagic || h.n_mol < 0 || n_bytes != plan_bytes(h.n_mol))
+    throw std::invalid_argument("radius graph plan: not a plan made by radius_graph_plan");
+  Setup st;
+  *max_abs = h.max_abs;
+  st.params = h.params;
+  st.codec = h.codec;
+  st.n_cells = h.n_cells;
+  st.grids.resize(static_cast<size_t>(h.n_mol));
+  if (h.n_mol) std::memcpy(st.grids.data(), in + sizeof(h), st.grids.size() * sizeof(Grid));
   return st;
 }
 

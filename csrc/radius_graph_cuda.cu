@@ -3,6 +3,8 @@
 // is guessed, so nothing can overflow. Small systems use a single bin per molecule (the glue
 // sets that up), which is the brute force over all atoms and images without a binning pass.
 // The per-row sort makes the output independent of the (atomic, unordered) bin filling.
+// The static-capacity kernels (radius_graph_static) run the same search into fixed-size
+// buffers with the edge count and overflow flag kept on the device.
 #include <cuda_runtime.h>
 
 #include "radius_graph_cuda.h"
@@ -146,6 +148,102 @@ __global__ void filter_write_kernel(const double* pos, const int64_t* batch, con
   dist[o] = self ? scalar_t(0) : static_cast<scalar_t>(sqrt(d2));
 }
 
+
+// ------------------------------------------------------------------ static-capacity kernels
+// Every step reads the edge count and the flags from device memory (status), so the sequence
+// needs no host synchronisation and can be captured in a CUDA graph.
+
+__global__ void range_check_kernel(const double* pos, int64_t n3, double max_abs,
+                                   int64_t* status) {
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k >= n3) return;
+  if (!(fabs(pos[k]) <= max_abs)) status[1] = 1;  // benign race: every writer writes 1
+}
+
+__global__ void total_kernel(const int64_t* row_ptr, int64_t n, int64_t* status) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) status[0] = row_ptr[n];
+}
+
+// Usable: the edges fit and no position left the plan.
+__device__ inline bool static_ok(const int64_t* status, int64_t capacity) {
+  return status[1] == 0 && status[0] <= capacity;
+}
+
+__global__ void static_fill_kernel(const Grid* grids, const int64_t* batch, const int64_t* bins,
+                                   const double* pos, const double* wrap,
+                                   const int64_t* cell_start, const int64_t* cell_atom,
+                                   const double* cell_pos, const double* cell_x,
+                                   const double* cell_wrap, SearchParams params, KeyCodec codec,
+                                   bool loop, int64_t n, const int64_t* row_ptr,
+                                   const int64_t* status, int64_t capacity, uint64_t* keys) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n || !static_ok(status, capacity)) return;
+  uint64_t* out = keys + row_ptr[i];
+  int64_t k = 0;
+  if (loop) {
+    const int64_t zero[3] = {0, 0, 0};
+    out[k++] = codec.encode(i, zero);
+  }
+  search_receiver(i, grids[batch[i]], bins + 3 * i, pos + 3 * i, wrap + 3 * i, cell_start,
+                  cell_atom, cell_pos, cell_x, cell_wrap, params, FillVisit{out, &k, codec});
+  for (int64_t a = 1; a < k; ++a) {
+    const uint64_t key = out[a];
+    int64_t b = a - 1;
+    while (b >= 0 && out[b] > key) {
+      out[b + 1] = out[b];
+      --b;
+    }
+    out[b + 1] = key;
+  }
+}
+
+template <typename scalar_t>
+__global__ void static_finalize_kernel(const Grid* grids, const int64_t* batch, const double* pos,
+                                       const double* wrap, KeyCodec codec, int64_t n,
+                                       int64_t capacity, const int64_t* status, int64_t* row_ptr,
+                                       const uint64_t* keys, int64_t* edge_index,
+                                       scalar_t* shifts, scalar_t* vec, scalar_t* dist) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  if (!static_ok(status, capacity)) {  // empty graph: no index can point past the buffers
+    row_ptr[i + 1] = 0;
+    if (i == 0) row_ptr[0] = 0;
+    return;
+  }
+  const Grid& g = grids[batch[i]];
+  for (int64_t e = row_ptr[i]; e < row_ptr[i + 1]; ++e) {
+    int64_t j, rel[3];
+    codec.decode(keys[e], &j, rel);
+    double s[3] = {0.0, 0.0, 0.0}, v[3];
+    if (g.periodic)
+      for (int c = 0; c < 3; ++c) s[c] = wrap[3 * j + c] - wrap[3 * i + c] + rel[c];
+    const double d2 = exact_d2(pos + 3 * i, pos + 3 * j, s, g.box, g.periodic, v);
+    edge_index[e] = i;
+    edge_index[capacity + e] = j;
+    for (int c = 0; c < 3; ++c) {
+      shifts[3 * e + c] = static_cast<scalar_t>(s[c]);
+      vec[3 * e + c] = static_cast<scalar_t>(v[c]);
+    }
+    dist[e] = static_cast<scalar_t>(sqrt(d2));  // exactly 0 on self-loops (v = 0)
+  }
+}
+
+template <typename scalar_t>
+__global__ void static_pad_kernel(int64_t capacity, const int64_t* status, int64_t* edge_index,
+                                  scalar_t* shifts, scalar_t* vec, scalar_t* dist) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= capacity) return;
+  const int64_t valid = static_ok(status, capacity) ? status[0] : 0;
+  if (e < valid) return;
+  edge_index[e] = -1;
+  edge_index[capacity + e] = -1;
+  for (int c = 0; c < 3; ++c) {
+    shifts[3 * e + c] = scalar_t(0);
+    vec[3 * e + c] = scalar_t(0);
+  }
+  dist[e] = scalar_t(0);
+}
+
 }  // namespace
 
 void locate(const Grid* grids, const double* pos, const int64_t* batch, int64_t n, double* wrap,
@@ -220,6 +318,52 @@ template void filter_write<float>(const double*, const int64_t*, const double*, 
 template void filter_write<double>(const double*, const int64_t*, const double*, const int64_t*,
                                    const double*, int64_t, const int64_t*, int64_t, int64_t*,
                                    double*, double*, double*, void*);
+
+void range_check(const double* pos, int64_t n, double max_abs, int64_t* status, void* stream) {
+  if (n == 0) return;
+  range_check_kernel<<<blocks_for(3 * n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      pos, 3 * n, max_abs, status);
+}
+
+void static_total(const int64_t* row_ptr, int64_t n, int64_t* status, void* stream) {
+  total_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(row_ptr, n, status);
+}
+
+void static_fill(const Grid* grids, const int64_t* batch, const int64_t* bins, const double* pos,
+                 const double* wrap, const int64_t* cell_start, const int64_t* cell_atom,
+                 const double* cell_pos, const double* cell_x, const double* cell_wrap,
+                 SearchParams params, KeyCodec codec, bool loop, int64_t n,
+                 const int64_t* row_ptr, const int64_t* status, int64_t capacity, uint64_t* keys,
+                 void* stream) {
+  if (n == 0) return;
+  static_fill_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      grids, batch, bins, pos, wrap, cell_start, cell_atom, cell_pos, cell_x, cell_wrap, params,
+      codec, loop, n, row_ptr, status, capacity, keys);
+}
+
+template <typename scalar_t>
+void static_finalize(const Grid* grids, const int64_t* batch, const double* pos,
+                     const double* wrap, KeyCodec codec, int64_t n, int64_t capacity,
+                     const int64_t* status, int64_t* row_ptr, const uint64_t* keys,
+                     int64_t* edge_index, scalar_t* shifts, scalar_t* vec, scalar_t* dist,
+                     void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (n > 0)
+    static_finalize_kernel<scalar_t><<<blocks_for(n), kThreads, 0, s>>>(
+        grids, batch, pos, wrap, codec, n, capacity, status, row_ptr, keys, edge_index, shifts,
+        vec, dist);
+  if (capacity > 0)
+    static_pad_kernel<scalar_t><<<blocks_for(capacity), kThreads, 0, s>>>(
+        capacity, status, edge_index, shifts, vec, dist);
+}
+
+template void static_finalize<float>(const Grid*, const int64_t*, const double*, const double*,
+                                     KeyCodec, int64_t, int64_t, const int64_t*, int64_t*,
+                                     const uint64_t*, int64_t*, float*, float*, float*, void*);
+template void static_finalize<double>(const Grid*, const int64_t*, const double*, const double*,
+                                      KeyCodec, int64_t, int64_t, const int64_t*, int64_t*,
+                                      const uint64_t*, int64_t*, double*, double*, double*,
+                                      void*);
 
 }  // namespace cuda
 }  // namespace tnf

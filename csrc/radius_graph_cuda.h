@@ -46,5 +46,31 @@ void filter_write(const double* pos, const int64_t* batch, const double* boxes, 
                   int64_t* edge_index, scalar_t* out_shifts, scalar_t* vec, scalar_t* dist,
                   void* stream);
 
+// ------------------------------------------------------------------ static-capacity search
+// status: int64 [2] on the device, [0] edges found, [1] out-of-plan flag (zeroed by the caller).
+
+// status[1] = 1 if some |pos| component exceeds max_abs.
+void range_check(const double* pos, int64_t n, double max_abs, int64_t* status, void* stream);
+
+// status[0] = row_ptr[n] (the inclusive scan of the counts, done by the caller).
+void static_total(const int64_t* row_ptr, int64_t n, int64_t* status, void* stream);
+
+// fill into keys [capacity]; does nothing when the edges do not fit or status[1] is set.
+void static_fill(const Grid* grids, const int64_t* batch, const int64_t* bins, const double* pos,
+                 const double* wrap, const int64_t* cell_start, const int64_t* cell_atom,
+                 const double* cell_pos, const double* cell_x, const double* cell_wrap,
+                 SearchParams params, KeyCodec codec, bool loop, int64_t n,
+                 const int64_t* row_ptr, const int64_t* status, int64_t capacity, uint64_t* keys,
+                 void* stream);
+
+// finalize into [capacity]-slot buffers (edge_index row stride = capacity) and pad slots
+// [E, capacity); on overflow / out-of-plan: row_ptr zeroed and every slot padding.
+template <typename scalar_t>
+void static_finalize(const Grid* grids, const int64_t* batch, const double* pos,
+                     const double* wrap, KeyCodec codec, int64_t n, int64_t capacity,
+                     const int64_t* status, int64_t* row_ptr, const uint64_t* keys,
+                     int64_t* edge_index, scalar_t* shifts, scalar_t* vec, scalar_t* dist,
+                     void* stream);
+
 }  // namespace cuda
 }  // namespace tnf

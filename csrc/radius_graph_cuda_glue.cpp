@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <tuple>
@@ -69,7 +70,7 @@ Result radius_graph_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
   } catch (const std::invalid_argument& err) {
     TORCH_CHECK_VALUE(false, err.what());
   }
-  TORCH_CHECK_VALUE(static_cast<double>(N + 1) * static_cast<double>(st.codec.K) < 1.8e19,
+  TORCH_CHECK_VALUE(st.codec.fits(N + 1),
                     "cutoff spans too many periodic images for the 64-bit edge keys");
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(dev);
@@ -163,11 +164,107 @@ Result filter_pairs_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
   return {edge_index, shifts, vec, dist, row_ptr};
 }
 
+// Static-capacity search (see radius_graph_static_cpu): grids from the plan already on the
+// device (plan_dev), the host plan only for the by-value parameters. No device-to-host copy and
+// no data-dependent allocation size, so the whole call can be captured in a CUDA graph.
+void radius_graph_static_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                              const at::Tensor& plan, const at::Tensor& plan_dev, bool loop,
+                              at::Tensor edge_index, at::Tensor shifts, at::Tensor vec,
+                              at::Tensor dist, at::Tensor row_ptr, at::Tensor status) {
+  TORCH_CHECK(pos_in.is_cuda() && pos_in.dim() == 2 && pos_in.size(1) == 3,
+              "pos must be CUDA [N, 3]");
+  TORCH_CHECK(plan.scalar_type() == at::kByte && !plan.is_cuda() && plan.is_contiguous(),
+              "plan must be the uint8 CPU tensor of radius_graph_plan");
+  TORCH_CHECK(plan_dev.is_cuda() && plan_dev.device() == pos_in.device() &&
+                  plan_dev.numel() == plan.numel() && plan_dev.is_contiguous(),
+              "plan_dev must be the plan copied to pos's device");
+  for (const at::Tensor* t : {&edge_index, &shifts, &vec, &dist, &row_ptr, &status})
+    TORCH_CHECK(t->device() == pos_in.device() && t->is_contiguous(),
+                "static buffers must be contiguous and on pos's device");
+  const int64_t N = pos_in.size(0);
+  const int64_t C = edge_index.size(1);
+  const auto dtype = pos_in.scalar_type();
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 &&
+                  edge_index.scalar_type() == at::kLong && shifts.size(0) == C &&
+                  vec.size(0) == C && dist.size(0) == C && shifts.scalar_type() == dtype &&
+                  vec.scalar_type() == dtype && dist.scalar_type() == dtype &&
+                  row_ptr.numel() == N + 1 && row_ptr.scalar_type() == at::kLong &&
+                  status.numel() == 2 && status.scalar_type() == at::kLong,
+              "static buffers do not match pos (see StaticRadiusGraph)");
+  c10::cuda::CUDAGuard guard(pos_in.device());
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  double plan_max_abs = 0.0;
+  tnf::Setup st;
+  try {
+    st = tnf::read_plan(plan.data_ptr<uint8_t>(), static_cast<size_t>(plan.numel()),
+                        &plan_max_abs);
+  } catch (const std::invalid_argument& err) {
+    TORCH_CHECK_VALUE(false, err.what());
+  }
+  TORCH_CHECK(st.codec.fits(N + 1), "too many atoms for the plan's edge keys");
+  const auto dev = pos_in.device();
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(dev);
+  const at::Tensor pos = pos_in.to(at::kDouble).contiguous();
+  const at::Tensor batch = batch_in.to(at::kLong).contiguous();
+  const auto* grids =
+      reinterpret_cast<const tnf::Grid*>(plan_dev.data_ptr<uint8_t>() + sizeof(tnf::PlanHeader));
+  status.zero_();
+  tnf::cuda::range_check(pos.data_ptr<double>(), N, plan_max_abs, status.data_ptr<int64_t>(),
+                         stream);
+  at::Tensor wrap = at::empty({N, 3}, f64), pw = at::empty({N, 3}, f64);
+  at::Tensor bins = at::empty({N, 3}, i64), cell_of = at::empty({N}, i64);
+  tnf::cuda::locate(grids, pos.data_ptr<double>(), batch.data_ptr<int64_t>(), N,
+                    wrap.data_ptr<double>(), pw.data_ptr<double>(), bins.data_ptr<int64_t>(),
+                    cell_of.data_ptr<int64_t>(), stream);
+  // Bin counts by index_add_ (bincount would read its size back to the host).
+  at::Tensor cell_start = at::zeros({st.n_cells + 1}, i64);
+  if (N) cell_start.narrow(0, 1, st.n_cells).index_add_(0, cell_of, at::ones({N}, i64));
+  cell_start = at::cumsum(cell_start, 0);
+  const at::Tensor cell_atom = at::argsort(cell_of, /*stable=*/true);
+  const at::Tensor cell_pos = pw.index_select(0, cell_atom).contiguous();
+  const at::Tensor cell_x = pos.index_select(0, cell_atom).contiguous();
+  const at::Tensor cell_wrap = wrap.index_select(0, cell_atom).contiguous();
+  at::Tensor counts = at::empty({N}, i64);
+  tnf::cuda::count(grids, batch.data_ptr<int64_t>(), bins.data_ptr<int64_t>(),
+                   pos.data_ptr<double>(), wrap.data_ptr<double>(), cell_start.data_ptr<int64_t>(),
+                   cell_atom.data_ptr<int64_t>(), cell_pos.data_ptr<double>(),
+                   cell_x.data_ptr<double>(), cell_wrap.data_ptr<double>(), st.params, st.codec,
+                   loop, N, counts.data_ptr<int64_t>(), stream);
+  row_ptr.narrow(0, 0, 1).zero_();
+  if (N) {
+    at::Tensor tail = row_ptr.narrow(0, 1, N);
+    at::cumsum_out(tail, counts, 0);
+  }
+  tnf::cuda::static_total(row_ptr.data_ptr<int64_t>(), N, status.data_ptr<int64_t>(), stream);
+  at::Tensor keys = at::empty({std::max<int64_t>(C, 1)}, i64);
+  auto* kp = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>());
+  tnf::cuda::static_fill(grids, batch.data_ptr<int64_t>(), bins.data_ptr<int64_t>(),
+                         pos.data_ptr<double>(), wrap.data_ptr<double>(),
+                         cell_start.data_ptr<int64_t>(), cell_atom.data_ptr<int64_t>(),
+                         cell_pos.data_ptr<double>(), cell_x.data_ptr<double>(),
+                         cell_wrap.data_ptr<double>(), st.params, st.codec, loop, N,
+                         row_ptr.data_ptr<int64_t>(), status.data_ptr<int64_t>(), C, kp, stream);
+  if (dtype == at::kFloat)
+    tnf::cuda::static_finalize<float>(
+        grids, batch.data_ptr<int64_t>(), pos.data_ptr<double>(), wrap.data_ptr<double>(),
+        st.codec, N, C, status.data_ptr<int64_t>(), row_ptr.data_ptr<int64_t>(), kp,
+        edge_index.data_ptr<int64_t>(), shifts.data_ptr<float>(), vec.data_ptr<float>(),
+        dist.data_ptr<float>(), stream);
+  else
+    tnf::cuda::static_finalize<double>(
+        grids, batch.data_ptr<int64_t>(), pos.data_ptr<double>(), wrap.data_ptr<double>(),
+        st.codec, N, C, status.data_ptr<int64_t>(), row_ptr.data_ptr<int64_t>(), kp,
+        edge_index.data_ptr<int64_t>(), shifts.data_ptr<double>(), vec.data_ptr<double>(),
+        dist.data_ptr<double>(), stream);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tensornet_fast, CUDA, m) {
   m.impl("radius_graph", &radius_graph_cuda);
   m.impl("filter_pairs", &filter_pairs_cuda);
+  m.impl("radius_graph_static", &radius_graph_static_cuda);
 }
 
 #endif  // TNF_WITH_CUDA

@@ -16,9 +16,16 @@ if "torch" not in _sys.modules:
 from .backends import available_backends, resolve_backend  # noqa: E402
 from .checkpoint import load_checkpoint  # noqa: E402
 from .config import ModelConfig  # noqa: E402
-from .errors import CheckpointError, InputError  # noqa: E402
+from .errors import CheckpointError, InputError, NeighborListOverflowError  # noqa: E402
 from .model import NAMED_MODELS, TensorNetModel, load_model  # noqa: E402
-from .neighbors import NeighborList, radius_graph, radius_graph_full  # noqa: E402
+from .neighbors import (  # noqa: E402
+    NeighborList,
+    StaticNeighborList,
+    StaticRadiusGraph,
+    radius_graph,
+    radius_graph_full,
+    radius_graph_static,
+)
 
 
 def __getattr__(name):
@@ -38,6 +45,9 @@ __all__ = [
     "ModelConfig",
     "NAMED_MODELS",
     "NeighborList",
+    "NeighborListOverflowError",
+    "StaticNeighborList",
+    "StaticRadiusGraph",
     "TensorNetCalculator",
     "TensorNetModel",
     "available_backends",
@@ -45,5 +55,6 @@ __all__ = [
     "load_model",
     "radius_graph",
     "radius_graph_full",
+    "radius_graph_static",
     "resolve_backend",
 ]

@@ -8,7 +8,9 @@ Two searches with the same output:
   bound memory. It is what the compiled search is tested against, and the fallback without the
   extension.
 Both are exact for any triclinic cell and any cutoff, including cutoffs larger than half the
-cell (every periodic image within the cutoff is a separate edge).
+cell (every periodic image within the cutoff is a separate edge). :class:`StaticRadiusGraph` /
+:func:`radius_graph_static` run the compiled search into fixed-capacity buffers (MD loops, CUDA
+graphs) with overflow reported, never silent.
 
 Conventions (SPEC.md): edge e = (i, j), i = edge_index[0] receives, j = edge_index[1] sends,
 ``edge_vec = pos[i] - pos[j] + shift @ box``; both directions of every pair; pairs with
@@ -25,7 +27,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, NeighborListOverflowError
 
 # Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
 _MAX_CANDIDATES = 1 << 22
@@ -275,16 +277,22 @@ class _EdgeVec(torch.autograd.Function):
     in differentiable torch ops, so double backward works; box gets sum_e shifts_e (x) g_e."""
 
     @staticmethod
-    def forward(ctx, pos, boxes, vec, edge_index, shifts, edge_mol):  # noqa: D102
+    def forward(ctx, pos, boxes, vec, edge_index, shifts, edge_mol, padded=False):  # noqa: D102
         ctx.save_for_backward(edge_index, shifts, edge_mol)
         ctx.n_atoms = pos.shape[0]
         ctx.has_box = boxes is not None
         ctx.n_mol = boxes.shape[0] if boxes is not None else 0
+        ctx.padded = padded
         return vec
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         edge_index, shifts, edge_mol = ctx.saved_tensors
+        if ctx.padded:  # static-capacity buffers: padding slots (index -1) get no gradient
+            valid = edge_index[0] >= 0
+            g = torch.where(valid[:, None], g, torch.zeros_like(g))
+            edge_index = edge_index.clamp(min=0)
+            edge_mol = edge_mol.clamp(min=0) if edge_mol is not None else None
         grad_pos = grad_box = None
         if ctx.needs_input_grad[0]:
             grad_pos = torch.zeros(ctx.n_atoms, 3, dtype=g.dtype, device=g.device)
@@ -297,7 +305,7 @@ class _EdgeVec(torch.autograd.Function):
                 outer = shifts[:, :, None] * g[:, None, :]
                 grad_box = torch.zeros(ctx.n_mol, 3, 3, dtype=g.dtype, device=g.device)
                 grad_box = grad_box.index_add(0, edge_mol, outer)
-        return grad_pos, grad_box, None, None, None, None
+        return grad_pos, grad_box, None, None, None, None, None
 
 
 class _EdgeDist(torch.autograd.Function):
@@ -319,26 +327,42 @@ class _EdgeDist(torch.autograd.Function):
 
 
 def _attach_grad(
-    pos: Tensor, boxes: Tensor | None, batch: Tensor, edge_index: Tensor, shifts: Tensor,
-    vec: Tensor, dist: Tensor,
+    pos: Tensor,
+    boxes: Tensor | None,
+    batch: Tensor,
+    edge_index: Tensor,
+    shifts: Tensor,
+    vec: Tensor,
+    dist: Tensor,
+    padded: bool = False,
 ) -> tuple[Tensor, Tensor]:
     needs = pos.requires_grad or (boxes is not None and boxes.requires_grad)
     if not (needs and torch.is_grad_enabled()):
         return vec, dist
-    edge_mol = batch[edge_index[0]] if boxes is not None and boxes.shape[0] > 1 else None
-    edge_vec = _EdgeVec.apply(pos, boxes, vec, edge_index, shifts, edge_mol)
+    edge_mol = None
+    if boxes is not None and boxes.shape[0] > 1:
+        edge_mol = batch[edge_index[0].clamp(min=0)] if padded else batch[edge_index[0]]
+    edge_vec = _EdgeVec.apply(pos, boxes, vec, edge_index, shifts, edge_mol, padded)
     # d = 0 only on self-loops and coincident atoms: their distance gradient is 0, never NaN.
     edge_dist = _EdgeDist.apply(edge_vec, dist, dist == 0)
     return edge_vec, edge_dist
 
 
 def _compiled(
-    pos: Tensor, cutoff: float, batch: Tensor, boxes: Tensor | None, loop: bool,
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor,
+    boxes: Tensor | None,
+    loop: bool,
     cutoff_lower: float,
 ) -> NeighborList:
     box64 = boxes.detach().double().contiguous() if boxes is not None else None
     edge_index, shifts, vec, dist, row_ptr = _OPS.radius_graph(
-        pos.detach().contiguous(), batch.contiguous(), box64, float(cutoff), float(cutoff_lower),
+        pos.detach().contiguous(),
+        batch.contiguous(),
+        box64,
+        float(cutoff),
+        float(cutoff_lower),
         bool(loop),
     )
     edge_vec, edge_dist = _edge_tensors(pos, boxes, batch, edge_index, shifts, vec, dist)
@@ -346,8 +370,13 @@ def _compiled(
 
 
 def _edge_tensors(
-    pos: Tensor, boxes: Tensor | None, batch: Tensor, edge_index: Tensor, shifts: Tensor,
-    vec: Tensor, dist: Tensor,
+    pos: Tensor,
+    boxes: Tensor | None,
+    batch: Tensor,
+    edge_index: Tensor,
+    shifts: Tensor,
+    vec: Tensor,
+    dist: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Autograd-ready (edge_vec, edge_dist) from the extension's output."""
     edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
@@ -400,6 +429,217 @@ def radius_graph(
     return nl.edge_index, nl.edge_vec, nl.edge_dist
 
 
+# ------------------------------------------------------------------ static-capacity radius graph
+@dataclasses.dataclass
+class StaticNeighborList:
+    """A radius graph in fixed-size buffers (see :class:`StaticRadiusGraph`).
+
+    Slots ``[0, E)`` hold exactly the edges of :func:`radius_graph_full` (same order, values and
+    shifts), slots ``[E, capacity)`` are padding: ``edge_index = -1``, ``shifts``, ``edge_vec``
+    and ``edge_dist`` 0. ``row_ptr`` is the receiver CSR of the valid edges, so CSR consumers
+    never see padding; ``E = row_ptr[-1]``. When the edges did not fit (or a position left the
+    planned range) every slot is padding and ``row_ptr`` is all zero: an empty graph, never an
+    out-of-range index. Nothing is dropped silently: ``status`` (on the device) records it and
+    :meth:`check` raises :class:`~tensornet_fast.errors.NeighborListOverflowError` naming the
+    capacity to use.
+    """
+
+    edge_index: Tensor  # [2, capacity] int64, -1 in padding slots
+    edge_vec: Tensor  # [capacity, 3] (differentiable w.r.t. pos), 0 in padding slots
+    edge_dist: Tensor  # [capacity], 0 in padding slots
+    shifts: Tensor  # [capacity, 3] integer lattice shifts (as pos dtype), 0 in padding slots
+    row_ptr: Tensor  # [N + 1] CSR row pointer of the valid edges
+    status: Tensor  # int64 [2] on the device: edges found (capacity needed), out-of-plan flag
+    capacity: int
+
+    @property
+    def num_edges(self) -> Tensor:
+        """Valid edges as a 1-element device tensor (no host synchronisation)."""
+        return self.row_ptr[-1:]
+
+    @property
+    def valid(self) -> Tensor:
+        """[capacity] bool mask of the slots holding an edge."""
+        return self.edge_index[0] >= 0
+
+    def check(self) -> int:
+        """Synchronise with the device; return the number of edges, or raise
+        :class:`~tensornet_fast.errors.NeighborListOverflowError` if the buffers overflowed."""
+        needed, out_of_plan = (int(x) for x in self.status.tolist())
+        if out_of_plan:
+            raise NeighborListOverflowError(
+                "a position moved beyond the range the static radius graph was planned for "
+                "(max_abs): build a new StaticRadiusGraph from the current positions",
+                0,
+                self.capacity,
+            )
+        if needed > self.capacity:
+            raise NeighborListOverflowError(
+                f"the radius graph has {needed} edges but the static capacity is "
+                f"{self.capacity}: raise capacity to at least {needed} (e.g. "
+                f"{_suggest_capacity(needed)} for headroom); this call's buffers hold an empty "
+                "graph",
+                needed,
+                self.capacity,
+            )
+        return needed
+
+    def to_neighbor_list(self) -> NeighborList:
+        """The valid part as a :class:`NeighborList` (checks first; synchronises)."""
+        e = self.check()
+        return NeighborList(
+            self.edge_index[:, :e],
+            self.edge_vec[:e],
+            self.edge_dist[:e],
+            self.shifts[:e],
+            self.row_ptr,
+        )
+
+
+def _suggest_capacity(needed: int) -> int:
+    return int(math.ceil(needed * 1.2 / 1024.0)) * 1024
+
+
+class StaticRadiusGraph:
+    """Radius graph into preallocated, fixed-capacity buffers: for MD loops and CUDA graphs.
+
+    Built once from a representative frame, ``StaticRadiusGraph(cutoff, capacity, pos, batch,
+    box, loop, cutoff_lower)`` validates the inputs, plans the cell grid on the host (from the
+    box, or from the bounding box of open molecules) and allocates the output buffers on
+    ``pos.device``. Each call ``graph(pos)`` then searches the new positions into the SAME
+    buffers and returns a :class:`StaticNeighborList` (views of the buffers: the next call
+    overwrites them). With ``check=False`` a call does no host-device synchronisation (on CUDA:
+    kernel launches and device-side scans only, written to be captured in a CUDA graph; the CUDA
+    path is compile-checked, not yet run on a GPU); call ``.check()`` on the result later,
+    outside the captured region. With ``check=True`` (the default) it raises
+    :class:`~tensornet_fast.errors.NeighborListOverflowError` right away.
+
+    The edges are exactly those of :func:`radius_graph_full` at any positions: for open
+    molecules atoms that leave the planned bounding box are clamped into its border bins
+    (correct, only slower if many do). The fp64 rounding margin of the periodic search is
+    planned for coordinates up to ``max_abs`` (default 4 x the largest |coordinate| + 1000 x
+    cutoff); a position beyond it sets the out-of-plan flag (the call yields an empty graph and
+    ``check`` raises). The box and batch are fixed by the plan: build a new object when they
+    change. Gradients flow to ``pos`` through ``edge_vec`` / ``edge_dist`` (padding slots get
+    none); positions are not validated per call (no NaN check, to stay synchronisation-free).
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        capacity: int,
+        pos: Tensor,
+        batch: Tensor | None = None,
+        box: Tensor | None = None,
+        loop: bool = False,
+        cutoff_lower: float = 0.0,
+        max_abs: float | None = None,
+    ):
+        if not compiled_available() or not _compiled_device_ok(_device(pos)):
+            raise InputError(
+                f"the static radius graph needs the compiled extension for {_device(pos)}"
+            )
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise InputError(f"capacity must be an integer >= 0, got {capacity!r}")
+        batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
+        n = pos.shape[0]
+        host = pos.detach().double().cpu()
+        extent = float(host.abs().max()) if n else 0.0
+        if max_abs is None:
+            max_abs = 4.0 * extent + 1000.0 * cutoff
+        if not (math.isfinite(max_abs) and max_abs >= extent):
+            raise InputError(f"max_abs must be finite and >= {extent}, got {max_abs}")
+        box64 = boxes.detach().double().cpu().contiguous() if boxes is not None else None
+        self.plan = _OPS.radius_graph_plan(
+            host.contiguous(),
+            batch.cpu().contiguous(),
+            box64,
+            float(cutoff),
+            float(cutoff_lower),
+            float(max_abs),
+        )
+        dev, dt = pos.device, pos.dtype
+        self.plan_dev = self.plan.to(dev)
+        self.cutoff, self.cutoff_lower, self.loop = float(cutoff), float(cutoff_lower), bool(loop)
+        self.capacity, self.n_atoms, self.dtype, self.device = capacity, n, dt, dev
+        self.max_abs = float(max_abs)
+        self.batch = batch.contiguous()
+        self.boxes = boxes
+        self.edge_index = torch.full((2, capacity), -1, dtype=torch.long, device=dev)
+        self.shifts = torch.zeros(capacity, 3, dtype=dt, device=dev)
+        self.vec = torch.zeros(capacity, 3, dtype=dt, device=dev)
+        self.dist = torch.zeros(capacity, dtype=dt, device=dev)
+        self.row_ptr = torch.zeros(n + 1, dtype=torch.long, device=dev)
+        self.status = torch.zeros(2, dtype=torch.long, device=dev)
+
+    def __call__(self, pos: Tensor, check: bool = True) -> StaticNeighborList:
+        if not isinstance(pos, Tensor) or pos.shape != (self.n_atoms, 3):
+            shape = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            raise InputError(f"pos must be [{self.n_atoms}, 3] as planned, got {shape}")
+        if pos.dtype != self.dtype or pos.device != self.device:
+            raise InputError(
+                f"pos must be {self.dtype} on {self.device} as planned, got {pos.dtype} on "
+                f"{pos.device}"
+            )
+        _OPS.radius_graph_static(
+            pos.detach().contiguous(),
+            self.batch,
+            self.plan,
+            self.plan_dev,
+            self.loop,
+            self.edge_index,
+            self.shifts,
+            self.vec,
+            self.dist,
+            self.row_ptr,
+            self.status,
+        )
+        if self.dtype != torch.float64:
+            # As radius_graph does for float32: the distance from the rounded vector, in float32
+            # (exactly 0 on self-loops and padding, whose vectors are 0).
+            torch.linalg.vector_norm(self.vec, dim=-1, out=self.dist)
+        edge_vec, edge_dist = _attach_grad(
+            pos,
+            self.boxes,
+            self.batch,
+            self.edge_index,
+            self.shifts,
+            self.vec,
+            self.dist,
+            padded=True,
+        )
+        nl = StaticNeighborList(
+            self.edge_index,
+            edge_vec,
+            edge_dist,
+            self.shifts,
+            self.row_ptr,
+            self.status,
+            self.capacity,
+        )
+        if check:
+            nl.check()
+        return nl
+
+
+def radius_graph_static(
+    pos: Tensor,
+    cutoff: float,
+    capacity: int,
+    batch: Tensor | None = None,
+    box: Tensor | None = None,
+    loop: bool = False,
+    cutoff_lower: float = 0.0,
+    check: bool = True,
+) -> StaticNeighborList:
+    """One-shot :class:`StaticRadiusGraph`: the edges of :func:`radius_graph_full` in buffers of
+    ``capacity`` slots (padding flagged by ``edge_index = -1``). Raises
+    :class:`~tensornet_fast.errors.NeighborListOverflowError` (naming the capacity needed) when
+    they do not fit, unless ``check=False``. For repeated calls keep a
+    :class:`StaticRadiusGraph`, which plans once and reuses its buffers."""
+    return StaticRadiusGraph(cutoff, capacity, pos, batch, box, loop, cutoff_lower)(pos, check)
+
+
 # ------------------------------------------------------------------------------- Verlet list
 class VerletList:
     """Neighbour list with a Verlet skin for MD.
@@ -413,7 +653,11 @@ class VerletList:
     """
 
     def __init__(
-        self, cutoff: float, skin: float, loop: bool = False, cutoff_lower: float = 0.0,
+        self,
+        cutoff: float,
+        skin: float,
+        loop: bool = False,
+        cutoff_lower: float = 0.0,
         backend: str | None = None,
     ):
         if not (math.isfinite(skin) and skin >= 0):
@@ -468,8 +712,14 @@ class VerletList:
         if backend == "compiled":
             box64 = boxes.detach().double().contiguous() if boxes is not None else None
             edge_index, shifts, vec, dist, row_ptr = _OPS.filter_pairs(
-                pos.detach().contiguous(), batch.contiguous(), box64, cand.edge_index, cand.shifts,
-                float(self.cutoff), float(self.cutoff_lower), bool(self.loop),
+                pos.detach().contiguous(),
+                batch.contiguous(),
+                box64,
+                cand.edge_index,
+                cand.shifts,
+                float(self.cutoff),
+                float(self.cutoff_lower),
+                bool(self.loop),
             )
             edge_vec, edge_dist = _edge_tensors(pos, boxes, batch, edge_index, shifts, vec, dist)
             return NeighborList(edge_index, edge_vec, edge_dist, shifts, row_ptr)
@@ -477,8 +727,13 @@ class VerletList:
 
 
 def _filter_reference(
-    pos: Tensor, batch: Tensor, boxes: Tensor | None, cand: NeighborList, cutoff: float,
-    cutoff_lower: float, loop: bool,
+    pos: Tensor,
+    batch: Tensor,
+    boxes: Tensor | None,
+    cand: NeighborList,
+    cutoff: float,
+    cutoff_lower: float,
+    loop: bool,
 ) -> NeighborList:
     i, j = cand.edge_index
     shifts = cand.shifts

@@ -18,12 +18,14 @@ import pytest
 import torch
 
 from tensornet_fast import neighbors
-from tensornet_fast.errors import InputError
+from tensornet_fast.errors import InputError, NeighborListOverflowError
 from tensornet_fast.neighbors import (
+    StaticRadiusGraph,
     VerletList,
     radius_graph,
     radius_graph_full,
     radius_graph_reference,
+    radius_graph_static,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +77,7 @@ def brute_force(pos, cutoff, batch=None, box=None, loop=False, cutoff_lower=0.0)
         if loop:
             keep |= is_self
         p, k = np.nonzero(keep)
-        rows.append(
-            np.column_stack((idx[ii[p]], idx[jj[p]], s[p, k].astype(np.int64)))
-        )
+        rows.append(np.column_stack((idx[ii[p]], idx[jj[p]], s[p, k].astype(np.int64))))
         dists.append(np.where(is_self[p, k], 0.0, np.sqrt(d2[p, k])))
     if not rows:
         return np.zeros((0, 5), dtype=np.int64), np.zeros(0)
@@ -175,8 +175,14 @@ def system(kind, dtype=torch.float64, seed=0):
 
 
 KINDS = [
-    "open", "open_large_coords", "open_sparse", "ortho", "triclinic", "tiny_multi_image",
-    "outside_cell", "periodic_large_coords",
+    "open",
+    "open_large_coords",
+    "open_sparse",
+    "ortho",
+    "triclinic",
+    "tiny_multi_image",
+    "outside_cell",
+    "periodic_large_coords",
 ]
 
 
@@ -496,9 +502,20 @@ def test_cuda_sources_compile(path, tmp_path):
     if nvcc is None:
         pytest.skip("nvcc not found: the CUDA sources cannot be compile-checked here")
     out = subprocess.run(
-        [nvcc, "-c", "-O1", "-std=c++17", "-arch=sm_80", "--fmad=false", path,
-         "-o", str(tmp_path / "k.o")],
-        capture_output=True, text=True, timeout=300,
+        [
+            nvcc,
+            "-c",
+            "-O1",
+            "-std=c++17",
+            "-arch=sm_80",
+            "--fmad=false",
+            path,
+            "-o",
+            str(tmp_path / "k.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-4000:]
 
@@ -509,3 +526,181 @@ def test_water_density_edges_per_atom():
     nl = radius_graph_full(torch.tensor(pos), 5.0, box=torch.tensor(box))
     per_atom = nl.num_edges / len(pos)
     assert abs(per_atom - 4 / 3 * math.pi * 125 * 0.1002) < 6, per_atom
+
+
+# ------------------------------------------------------------------------ scalar candidate loop
+@pytest.mark.parametrize("kind", ["ortho", "triclinic", "tiny_multi_image", "open"])
+def test_scalar_candidate_loop_matches_brute_force(kind, monkeypatch):
+    """TNF_RADIUS_GRAPH_SIMD=0 selects the portable loop (machines without AVX2)."""
+    monkeypatch.setenv("TNF_RADIUS_GRAPH_SIMD", "0")
+    pos, cutoff, box = system(kind, torch.float64, seed=13)
+    assert_matches_brute(pos, cutoff, box=box, loop=True, cutoff_lower=0.7)
+
+
+# ------------------------------------------------------------------------ static capacity
+def brute_edges(pos, cutoff, batch=None, box=None, loop=False, cutoff_lower=0.0):
+    box64 = None if box is None else box.double().numpy()
+    b = None if batch is None else batch.numpy()
+    return brute_force(pos.double().numpy(), cutoff, b, box64, loop, cutoff_lower)[0]
+
+
+def assert_static_matches(snl, pos, cutoff, batch=None, box=None, loop=False, cutoff_lower=0.0):
+    """Valid part = brute force and = radius_graph_full (bitwise); the rest is padding."""
+    rows = brute_edges(pos, cutoff, batch, box, loop, cutoff_lower)
+    e = snl.check()
+    assert e == len(rows)
+    assert int(snl.num_edges) == e and int(snl.row_ptr[-1]) == e
+    nl = snl.to_neighbor_list()
+    check_structure(nl, pos.shape[0])
+    assert np.array_equal(as_rows(nl), rows)
+    full = radius_graph_full(pos, cutoff, batch, box, loop, cutoff_lower)
+    for name in ("edge_index", "edge_vec", "edge_dist", "shifts", "row_ptr"):
+        assert torch.equal(getattr(nl, name), getattr(full, name)), name
+    assert bool((snl.edge_index[:, e:] == -1).all())
+    for t in (snl.edge_vec, snl.edge_dist, snl.shifts):
+        assert bool((t[e:] == 0).all())
+    assert bool(snl.valid[:e].all()) and not bool(snl.valid[e:].any())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_static_equals_dynamic_and_brute_force(kind, dtype):
+    pos, cutoff, box = system(kind, dtype, seed=21)
+    for loop, lower in ((False, 0.0), (True, 0.9)):
+        e = len(brute_edges(pos, cutoff, None, box, loop, lower))
+        snl = radius_graph_static(pos, cutoff, e + 37, box=box, loop=loop, cutoff_lower=lower)
+        assert snl.edge_index.shape == (2, e + 37) and snl.capacity == e + 37
+        assert_static_matches(snl, pos, cutoff, None, box, loop, lower)
+        exact = radius_graph_static(pos, cutoff, e, box=box, loop=loop, cutoff_lower=lower)
+        assert exact.check() == e  # a capacity of exactly E is enough
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_static_batches(periodic):
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 12, 9)
+    batch = torch.tensor(np.repeat(np.arange(9), sizes))
+    cells = np.stack([random_cell(rng, skew=0.3, scale=rng.uniform(2.5, 6.0)) for _ in range(9)])
+    pos = np.concatenate([rng.uniform(-0.5, 1.5, (s, 3)) @ cells[m] for m, s in enumerate(sizes)])
+    pos, box = torch.tensor(pos), torch.tensor(cells) if periodic else None
+    e = len(brute_edges(pos, 3.2, batch, box, True))
+    snl = radius_graph_static(pos, 3.2, e + 5, batch=batch, box=box, loop=True)
+    assert_static_matches(snl, pos, 3.2, batch, box, True)
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_static_overflow_raises_with_the_needed_capacity(periodic):
+    pos, cutoff, box = system("triclinic" if periodic else "open", seed=8)
+    needed = len(brute_edges(pos, cutoff, None, box))
+    with pytest.raises(NeighborListOverflowError, match=f"at least {needed}") as info:
+        radius_graph_static(pos, cutoff, needed - 1, box=box)
+    assert info.value.required == needed and info.value.capacity == needed - 1
+    assert isinstance(info.value, RuntimeError)
+    # check=False: nothing raised yet, the flag stays on the device, the buffers hold an empty
+    # graph (no index out of range), and the later host-side check raises.
+    snl = radius_graph_static(pos, cutoff, needed // 2, box=box, check=False)
+    assert int(snl.status[0]) == needed
+    assert bool((snl.row_ptr == 0).all()) and bool((snl.edge_index == -1).all())
+    assert bool((snl.edge_dist == 0).all())
+    with pytest.raises(NeighborListOverflowError, match=str(needed)):
+        snl.check()
+    # Raising the capacity to the number in the message works.
+    assert radius_graph_static(pos, cutoff, needed, box=box).check() == needed
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_static_graph_reuses_its_buffers_while_atoms_move(periodic):
+    """MD-like use: one plan, many frames, the same buffers; atoms of the open system drift
+    out of the planned bounding box (clamped into the border bins, still exact)."""
+    rng = np.random.default_rng(17)
+    cell = random_cell(rng, skew=0.3, scale=7.0)
+    pos = torch.tensor(rng.uniform(0, 1, (70, 3)) @ cell)
+    box = torch.tensor(cell) if periodic else None
+    cutoff = 3.0
+    capacity = 2 * len(brute_edges(pos, cutoff, None, box, True))
+    graph = StaticRadiusGraph(cutoff, capacity, pos, box=box, loop=True)
+    ptrs = None
+    for step in range(8):
+        if step:
+            pos = pos + torch.tensor(rng.normal(scale=0.4, size=pos.shape))
+            pos = pos * 1.03 if not periodic else pos  # expand beyond the planned bounds
+        snl = graph(pos)
+        assert_static_matches(snl, pos, cutoff, None, box, True)
+        now = [t.data_ptr() for t in (snl.edge_index, snl.edge_vec, snl.shifts, snl.row_ptr)]
+        assert ptrs is None or now == ptrs
+        ptrs = now
+
+
+def test_static_out_of_plan_position_is_flagged():
+    pos, cutoff, box = system("ortho", seed=2)
+    graph = StaticRadiusGraph(cutoff, 10_000, pos, box=box, max_abs=100.0)
+    graph(pos)
+    far = pos.clone()
+    far[3] += 500.0
+    snl = graph(far, check=False)
+    assert int(snl.status[1]) == 1 and bool((snl.edge_index == -1).all())
+    with pytest.raises(NeighborListOverflowError, match="planned"):
+        snl.check()
+    with pytest.raises(InputError):
+        graph(pos[:5])  # not the planned shape
+    with pytest.raises(InputError):
+        StaticRadiusGraph(cutoff, -1, pos, box=box)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_static_gradients_match_dynamic(periodic):
+    rng = np.random.default_rng(3)
+    cell = torch.tensor(random_cell(rng, skew=0.3, scale=3.0))
+    pos = torch.tensor(rng.uniform(0, 3, (8, 3)), requires_grad=True)
+    box = cell if periodic else None
+
+    def energy(nl):
+        w = torch.sin(nl.edge_vec).sum(1) * torch.exp(-nl.edge_dist)
+        return w.sum()  # padding slots: vec = 0, dist = 0 -> constant terms, no gradient
+
+    graph = StaticRadiusGraph(2.6, 4000, pos, box=box, loop=True)
+    (g_static,) = torch.autograd.grad(energy(graph(pos)), pos)
+    (g_full,) = torch.autograd.grad(energy(radius_graph_full(pos, 2.6, box=box, loop=True)), pos)
+    torch.testing.assert_close(g_static, g_full, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda p: energy(graph(p)), (pos,))
+
+
+def test_static_empty_system():
+    pos = torch.zeros(0, 3, dtype=torch.float64)
+    snl = radius_graph_static(pos, 3.0, 4, loop=True)
+    assert snl.check() == 0 and snl.row_ptr.tolist() == [0]
+    assert bool((snl.edge_index == -1).all())
+
+
+def test_large_outputs_from_the_block_cache(tmp_path):
+    """Outputs above 4 MB come from the extension's block cache (reused across calls): the
+    same edges as vesin on every call, ordinary tensors for torch.save and autograd. 9000
+    atoms: above the size where the search runs on all OpenMP threads."""
+    vesin = pytest.importorskip("vesin")
+    pos, box = water_box(3000)
+    vi, vj, vS, _ = vesin.NeighborList(cutoff=5.0, full_list=True).compute(pos, box, True, "ijSd")
+    vref = np.column_stack((vi, vj, -vS)).astype(np.int64)
+    vref = vref[np.lexsort(vref.T[::-1])]
+    p, b = torch.tensor(pos, requires_grad=True), torch.tensor(box)
+    first = None
+    for _ in range(3):  # the second and third calls reuse the blocks freed by the previous one
+        nl = radius_graph_full(p, 5.0, box=b)
+        assert nl.edge_vec.numel() * 8 > 4 << 20  # large enough for the cache
+        assert np.array_equal(as_rows(nl), vref)
+        if first is None:
+            first = [t.detach().clone() for t in (nl.edge_index, nl.edge_vec, nl.edge_dist)]
+        else:
+            for x, y in zip(first, (nl.edge_index, nl.edge_vec, nl.edge_dist)):
+                assert torch.equal(x, y.detach())
+        del nl
+    nl = radius_graph_full(p, 5.0, box=b)
+    # The static search (threaded too) gives the same edges.
+    snl = radius_graph_static(p.detach(), 5.0, nl.num_edges + 100, box=b)
+    assert snl.check() == nl.num_edges
+    assert torch.equal(snl.to_neighbor_list().edge_index, nl.edge_index)
+    assert torch.equal(snl.to_neighbor_list().edge_vec, nl.edge_vec.detach())
+    torch.save(nl, tmp_path / "nl.pt")
+    back = torch.load(tmp_path / "nl.pt", weights_only=False)
+    assert torch.equal(back.edge_index, nl.edge_index)
+    (g,) = torch.autograd.grad(nl.edge_dist.sum(), p)
+    assert bool(torch.isfinite(g).all())
