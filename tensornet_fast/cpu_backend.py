@@ -471,6 +471,86 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     return [ExactFilter(fn, d_unique, inverse, deriv) for fn in fns]
 
 
+class _Layer(torch.autograd.Function):
+    """One interaction layer, fused (csrc/cpu_tensornet.cpp cpu_layer_fwd/bwd): normalisation,
+    channel linears (GEMMs on the [N, F] component slices), message pass, 3x3 products,
+    residual, with a hand-written backward. No weight gradients (inference only)."""
+
+    @staticmethod
+    @record_function("tnf.cpu.layer_fwd")
+    def forward(ctx, x, edge_vec, w, q, o3, g, filt):
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        out, y, m, dx = _ext().cpu_layer_fwd(
+            x.contiguous(), w, q, o3, g.row_ptr, g.j, tab, idx, s, inv_h
+        )
+        ctx.save_for_backward(x, y, m, dx, w, q)
+        ctx.o3, ctx.g, ctx.filt = o3, g, filt
+        return out
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.layer_bwd")
+    def backward(ctx, go):
+        x, y, m, dx, w, q = ctx.saved_tensors
+        tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+        g = ctx.g
+        gx, gd = _ext().cpu_layer_bwd(
+            go.contiguous(),
+            x.contiguous(),
+            y,
+            m,
+            dx,
+            w,
+            q,
+            ctx.o3,
+            g.row_ptr,
+            g.j,
+            tab,
+            dtab,
+            idx,
+            s,
+            inv_h,
+        )
+        gv = g.edge_vec_grad(gd, None) if ctx.needs_input_grad[1] else None
+        return gx, gv, None, None, None, None, None
+
+
+class _EmbedCombine(torch.autograd.Function):
+    """X = (W_blk R_k) * n_blk per component (embedding step 5), fused; no weight gradients."""
+
+    @staticmethod
+    @record_function("tnf.cpu.embed_combine_fwd")
+    def forward(ctx, raw, norm, w):
+        norm = norm.contiguous()
+        x, p = _ext().cpu_embed_combine_fwd(raw.contiguous(), norm, w)
+        ctx.save_for_backward(p, norm, w)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.embed_combine_bwd")
+    def backward(ctx, gx):
+        p, norm, w = ctx.saved_tensors
+        graw, gnorm = _ext().cpu_embed_combine_bwd(gx.contiguous(), p, norm, w)
+        return graw, gnorm, None
+
+
+class _SqNorms(torch.autograd.Function):
+    """[N, 9, F] -> ||X||^2 [N, F] (blocks=False) or (3I^2 | ||A||^2 | ||S||^2) [N, 3F]."""
+
+    @staticmethod
+    def forward(ctx, x, blocks):
+        x = x.contiguous()
+        ctx.save_for_backward(x)
+        return _ext().cpu_sq_norms(x, blocks)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _ext().cpu_sq_norms_bwd(x, g.contiguous()), None
+
+
 def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``."""
     config, rep = model.config, model.representation_model
@@ -486,6 +566,8 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     ztab = ztab.detach().contiguous()
     pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
     raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
+    if _ext() is not None:
+        return _fused_node_path(model, raw, nl, g, filters[1:], charge_factor)
     norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
     for lin in emb.linears_scalar:
         norm = act(F.linear(norm, lin.weight, lin.bias))
@@ -514,4 +596,36 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
     feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
     h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
+    return scalar_head(model.output_model.output_network.layers, config, h)
+
+
+def _fused_node_path(model, raw: Tensor, nl, g: Graph, filters: list, charge_factor: Tensor):
+    """Everything after the embedding edge pass with the compiled node kernels: the same
+    numbers as the autograd path in ``atomic_energies`` (to float rounding), a handful of ops
+    per layer instead of ~50. Weights enter detached (inference only: positions get gradients,
+    parameters do not; training mode runs the reference backend)."""
+    config, rep = model.config, model.representation_model
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    f_dim = config.embedding_dimension
+    emb = rep.tensor_embedding
+    norm = F.layer_norm(
+        _SqNorms.apply(raw, False),
+        (f_dim,),
+        emb.init_norm.weight.detach(),
+        emb.init_norm.bias.detach(),
+    )
+    for lin in emb.linears_scalar:
+        norm = act(F.linear(norm, lin.weight.detach(), lin.bias.detach()))
+    w_emb = torch.stack([lin.weight.detach() for lin in emb.linears_tensor])  # [3, F, F]
+    x = _EmbedCombine.apply(raw, norm, w_emb)  # [N, 9, F]
+    q = charge_factor.detach().to(x.dtype).contiguous()
+    o3 = config.equivariance_invariance_group == "O(3)"
+    for layer, filt in zip(rep.layers, filters):
+        w = torch.stack([lin.weight.detach() for lin in layer.linears_tensor])  # [6, F, F]
+        x = _Layer.apply(x, nl.edge_vec, w, q, o3, g, filt)
+    feats = _SqNorms.apply(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
+    feats = F.layer_norm(
+        feats, (3 * f_dim,), rep.out_norm.weight.detach(), rep.out_norm.bias.detach()
+    )
+    h = act(F.linear(feats, rep.linear.weight.detach(), rep.linear.bias.detach()))
     return scalar_head(model.output_model.output_network.layers, config, h)
