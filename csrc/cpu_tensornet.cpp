@@ -824,6 +824,77 @@ at::Tensor cpu_sq_norms_bwd(const at::Tensor& x, const at::Tensor& g) {
   return out;
 }
 
+// ============================================================================ exact filters
+// Value and tangent through an activation (exact-mode filter MLP, forward-mode), in place:
+// a <- sigma(a), ta <- sigma'(a) ta, given g = sigmoid(a) (act 0 = SiLU, 2 = sigmoid) or tanh(a)
+// (act 1), which torch computes with its vectorised exp (a scalar std::exp here would not be).
+void cpu_act_jvp_(at::Tensor& a, at::Tensor& ta, const at::Tensor& g, int64_t act) {
+  TORCH_CHECK(a.is_contiguous() && ta.is_contiguous() && g.is_contiguous() &&
+                  a.sizes() == ta.sizes() && a.sizes() == g.sizes(),
+              "a, ta, g must be contiguous and of one shape");
+  TORCH_CHECK(act >= 0 && act <= 2, "act must be 0 (silu), 1 (tanh) or 2 (sigmoid)");
+  const int64_t numel = a.numel();
+  TNF_DISPATCH(a, [&](auto zero) {
+    using T = decltype(zero);
+    T* ap = a.data_ptr<T>();
+    T* tp = ta.data_ptr<T>();
+    const T* gp = g.data_ptr<T>();
+    at::parallel_for(0, numel, 16384, [&](int64_t lo, int64_t hi) {
+      if (act == 0) {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T x = ap[e], sg = gp[e];
+          ap[e] = x * sg;
+          tp[e] *= sg * (T(1) + x * (T(1) - sg));
+        }
+      } else if (act == 1) {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T th = gp[e];
+          ap[e] = th;
+          tp[e] *= T(1) - th * th;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T sg = gp[e];
+          ap[e] = sg;
+          tp[e] *= sg * (T(1) - sg);
+        }
+      }
+    });
+  });
+}
+
+// val = h phi, der = th phi + h dphi (phi, dphi [U, 1]; h, th, val, der [U, C]).
+void cpu_cutoff_jvp(const at::Tensor& h, const at::Tensor& th, const at::Tensor& phi,
+                    const at::Tensor& dphi, at::Tensor& val, at::Tensor& der) {
+  TORCH_CHECK(h.is_contiguous() && th.is_contiguous() && phi.is_contiguous() &&
+                  dphi.is_contiguous() && val.is_contiguous() && der.is_contiguous(),
+              "inputs must be contiguous");
+  const int64_t u = h.size(0), width = h.size(1);
+  TNF_DISPATCH(h, [&](auto zero) {
+    using T = decltype(zero);
+    const T* hp = h.data_ptr<T>();
+    const T* tp = th.data_ptr<T>();
+    const T* pp = phi.data_ptr<T>();
+    const T* dp = dphi.data_ptr<T>();
+    T* vp = val.data_ptr<T>();
+    T* op = der.data_ptr<T>();
+    at::parallel_for(0, u, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const T p = pp[r], dpr = dp[r];
+        const int64_t o = r * width;
+#pragma omp simd
+        for (int64_t c = 0; c < width; ++c) {
+          vp[o + c] = hp[o + c] * p;
+          op[o + c] = tp[o + c] * p + hp[o + c] * dpr;
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
@@ -837,4 +908,8 @@ TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
   m.def("cpu_embed_combine_bwd", &cpu_embed_combine_bwd);
   m.def("cpu_sq_norms", &cpu_sq_norms);
   m.def("cpu_sq_norms_bwd", &cpu_sq_norms_bwd);
+  m.def("cpu_act_jvp_(Tensor(a!) a, Tensor(b!) ta, Tensor g, int act) -> ()", &cpu_act_jvp_);
+  m.def("cpu_cutoff_jvp(Tensor h, Tensor th, Tensor phi, Tensor dphi, Tensor(a!) val, "
+        "Tensor(b!) der) -> ()",
+        &cpu_cutoff_jvp);
 }

@@ -144,11 +144,91 @@ def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | 
     return torch.cat(vals), (torch.cat(ders) if deriv else None)
 
 
-class ExactFilter:
-    """Filter values per edge from one MLP evaluation per distinct distance."""
+def _radial_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """e(d) [U, K], de/dd, phi(d) [U, 1], dphi/dd (forward-mode AD of the elementwise pieces)."""
 
-    def __init__(self, fn, d_unique: Tensor, inverse: Tensor, deriv: bool):
-        self.table, self.dtable = _value_and_derivative(fn, d_unique, deriv)  # [U, 3F]
+    def fn(dd: Tensor) -> tuple[Tensor, Tensor]:
+        phi = cosine_cutoff(dd, config.cutoff_lower, config.cutoff_upper)[:, None]
+        return radial_basis(rep, config, dd), phi
+
+    (e, phi), (de, dphi) = torch.func.jvp(fn, (d,), (torch.ones_like(d),))
+    return e, de, phi, dphi
+
+
+def _fused_filter_eval(rep, config: ModelConfig, layer=None):
+    """(d [U], deriv) -> (f [U, 3F], df/dd or None) for the embedding filter (layer None) or a
+    layer's filter MLP: value and tangent propagated together through the same linears, so
+    each activation is evaluated once and its derivative reuses it; the tangent's GEMMs are
+    the only extra work. Outputs are written in place block by block (FILTER_CHUNK rows)."""
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    if layer is None:
+        emb = rep.tensor_embedding
+        projs = (emb.distance_proj1, emb.distance_proj2, emb.distance_proj3)
+        w = torch.cat([p.weight for p in projs]).detach()
+        b = torch.cat([p.bias for p in projs]).detach()
+        lins = [(w, b, False)]
+    else:
+        lins = [(lin.weight.detach(), lin.bias.detach(), True) for lin in layer.linears_scalar]
+
+    # compiled value+tangent activation where there is one (csrc: cpu_act_jvp_)
+    act_id = {"silu": 0, "swish": 0, "tanh": 1, "sigmoid": 2}.get(config.activation)
+
+    def run(d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
+        ops = _ext()
+        width = lins[-1][0].shape[0]
+        val = torch.empty(d.shape[0], width, dtype=d.dtype)
+        der = torch.empty(d.shape[0], width, dtype=d.dtype) if deriv else None
+        with torch.no_grad():
+            for s in range(0, d.shape[0], FILTER_CHUNK):
+                dc = d[s : s + FILTER_CHUNK]
+                if deriv:
+                    h, th, phi, dphi = _radial_jvp(rep, config, dc)
+                else:
+                    h = radial_basis(rep, config, dc)
+                    phi = cosine_cutoff(dc, config.cutoff_lower, config.cutoff_upper)[:, None]
+                for wi, bi, activate in lins:
+                    a = F.linear(h, wi, bi)
+                    if deriv:
+                        ta = th @ wi.t()
+                        if activate and ops is not None and act_id is not None:
+                            sg = torch.tanh(a) if act_id == 1 else torch.sigmoid(a)
+                            ops.cpu_act_jvp_(a, ta, sg, act_id)  # in place
+                            h, th = a, ta
+                        elif activate:
+                            h, th = torch.func.jvp(act, (a,), (ta,))
+                        else:
+                            h, th = a, ta
+                    else:
+                        h = act(a) if activate else a
+                e = s + dc.shape[0]
+                if deriv and ops is not None:
+                    ops.cpu_cutoff_jvp(
+                        h.contiguous(),
+                        th.contiguous(),
+                        phi.contiguous(),
+                        dphi.contiguous(),
+                        val[s:e],
+                        der[s:e],
+                    )
+                    continue
+                torch.mul(h, phi, out=val[s:e])
+                if deriv:
+                    torch.addcmul(th * phi, h, dphi, out=der[s:e])
+        return val, der
+
+    return run
+
+
+class ExactFilter:
+    """Filter values per edge from one MLP evaluation per distinct distance. ``evaluate``
+    (optional): a ``(d, deriv) -> (values, derivatives)`` evaluator (``_fused_filter_eval``)
+    used instead of forward-mode AD through ``fn``."""
+
+    def __init__(self, fn, d_unique: Tensor, inverse: Tensor, deriv: bool, evaluate=None):
+        if evaluate is not None:
+            self.table, self.dtable = evaluate(d_unique, deriv)  # [U, 3F]
+        else:
+            self.table, self.dtable = _value_and_derivative(fn, d_unique, deriv)
         self.inverse = inverse  # [E] edge -> row
 
     def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
@@ -468,7 +548,9 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     d_unique, inverse = torch.unique(g.d, return_inverse=True)
     fns = [_embedding_filter_fn(rep, config)]
     fns += [_layer_filter_fn(rep, layer, config) for layer in rep.layers]
-    return [ExactFilter(fn, d_unique, inverse, deriv) for fn in fns]
+    evals = [_fused_filter_eval(rep, config)]
+    evals += [_fused_filter_eval(rep, config, layer) for layer in rep.layers]
+    return [ExactFilter(fn, d_unique, inverse, deriv, ev) for fn, ev in zip(fns, evals)]
 
 
 class _Layer(torch.autograd.Function):
