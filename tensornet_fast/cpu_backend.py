@@ -144,15 +144,40 @@ def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | 
     return torch.cat(vals), (torch.cat(ders) if deriv else None)
 
 
+def _cutoff_and_derivative(d: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """phi(d) (ops.radial.cosine_cutoff) and dphi/dd, written out (no forward-mode AD)."""
+    phi = cosine_cutoff(d, lo, hi)
+    if lo > 0:
+        scale = 2.0 / (hi - lo)
+        x = scale * (d - lo) + 1.0
+        inside = ((d < hi) & (d > lo)).to(d.dtype)
+    else:
+        scale = 1.0 / hi
+        x = d * scale
+        inside = (d < hi).to(d.dtype)
+    return phi, -0.5 * math.pi * scale * torch.sin(math.pi * x) * inside
+
+
 def _radial_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """e(d) [U, K], de/dd, phi(d) [U, 1], dphi/dd (forward-mode AD of the elementwise pieces)."""
-
-    def fn(dd: Tensor) -> tuple[Tensor, Tensor]:
-        phi = cosine_cutoff(dd, config.cutoff_lower, config.cutoff_upper)[:, None]
-        return radial_basis(rep, config, dd), phi
-
-    (e, phi), (de, dphi) = torch.func.jvp(fn, (d,), (torch.ones_like(d),))
-    return e, de, phi, dphi
+    """e(d) [U, K], de/dd, phi(d) [U, 1], dphi/dd: the derivatives of ops.radial's expnorm /
+    gauss RBF and cosine cutoff written out (forward-mode AD through torch.func costs a
+    ~150 MB lazy import and many small ops)."""
+    lo, hi = config.cutoff_lower, config.cutoff_upper
+    phi, dphi = _cutoff_and_derivative(d, lo, hi)
+    rbf = rep.distance_expansion
+    dd = d[:, None]
+    if config.rbf_type == "expnorm":
+        alpha = 5.0 / (hi - lo)
+        env, denv = _cutoff_and_derivative(dd, 0.0, hi)
+        u = torch.exp(alpha * (lo - dd))
+        g = torch.exp(-rbf.betas * (u - rbf.means) ** 2)
+        e = env * g
+        de = g * (denv + env * (2.0 * alpha) * rbf.betas * u * (u - rbf.means))
+    else:
+        diff = dd - rbf.offset
+        e = torch.exp(rbf.coeff * diff**2)
+        de = 2.0 * rbf.coeff * diff * e
+    return e, de, phi[:, None], dphi[:, None]
 
 
 def _fused_filter_eval(rep, config: ModelConfig, layer=None):
