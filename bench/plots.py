@@ -5,6 +5,9 @@
 - ``speedup.png``: our backends' speed-up over each torchmd-net path, every measured case.
 - ``radius_graph.png``: neighbour-list time vs atoms (``benchmark="radius_graph"`` rows).
 - ``stages.png``: where our reference backend's step goes (``benchmark="model_stage"`` rows).
+- ``cpu_backend.png``: the "cpu" backend (``benchmark="cpu_backend"`` rows of
+  bench/bench_cpu_backend.py): ns/atom/step sweep and per-stage profile; its table (speed-up and
+  memory vs torchmd-net, error vs float64) is appended to ``HEADLINE.md``.
 - ``HEADLINE.md``: the headline table (markdown) with the device named.
 
 Only the newest row per (device, benchmark, implementation, backend, system, model) is used,
@@ -29,14 +32,17 @@ PEER_FAMILY = "torchmd-net"
 def _label(r: dict) -> str:
     if r["implementation"] == PEER_FAMILY:
         return {"default": "torchmd-net default (Warp)", "pure": "torchmd-net pure PyTorch"}.get(
-            r["backend"], f"torchmd-net {r['backend']}")
+            r["backend"], f"torchmd-net {r['backend']}"
+        )
     return f"{r['implementation']} [{r['backend']}]"
 
 
-def load(csv: str, device_name: str | None = None,
-         include_tiny: bool = False) -> tuple[list[dict], str | None]:
-    rows = [r for r in harness.read_rows(csv)
-            if include_tiny or "tiny=1" not in (r.get("notes") or "")]
+def load(
+    csv: str, device_name: str | None = None, include_tiny: bool = False
+) -> tuple[list[dict], str | None]:
+    rows = [
+        r for r in harness.read_rows(csv) if include_tiny or "tiny=1" not in (r.get("notes") or "")
+    ]
     for r in rows:
         r["_notes"] = parse_notes(r.get("notes", ""))
     if device_name is None:
@@ -45,8 +51,16 @@ def load(csv: str, device_name: str | None = None,
     rows = [r for r in rows if r["device"] == device_name]
     newest: dict = {}
     for r in rows:
-        key = (r["benchmark"], r["implementation"], r["backend"], r["mode"], r["system"],
-               r["_notes"].get("model"), r["_notes"].get("stage"), r["dtype"])
+        key = (
+            r["benchmark"],
+            r["implementation"],
+            r["backend"],
+            r["mode"],
+            r["system"],
+            r["_notes"].get("model"),
+            r["_notes"].get("stage"),
+            r["dtype"],
+        )
         if key not in newest or r["date"] >= newest[key]["date"]:
             newest[key] = r
     return list(newest.values()), device_name
@@ -99,18 +113,27 @@ def speedups(rows: list[dict]) -> list[dict]:
     model = [r for r in rows if r["benchmark"] == "model"]
     by_case = defaultdict(dict)
     for r in model:
-        by_case[(r["system"], r["_notes"]["model"], int(r["atoms"]))][(r["implementation"],
-                                                                       r["backend"])] = r
+        by_case[(r["system"], r["_notes"]["model"], int(r["atoms"]))][
+            (r["implementation"], r["backend"])
+        ] = r
     out = []
-    for (system, tag, atoms), impls in sorted(by_case.items(), key=lambda kv: (kv[0][1],
-                                                                                kv[0][2])):
+    for (system, tag, atoms), impls in sorted(by_case.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         ours = {k: v for k, v in impls.items() if k[0] != PEER_FAMILY}
         peers = {k: v for k, v in impls.items() if k[0] == PEER_FAMILY}
         for _, o in sorted(ours.items()):
             for _, pr in sorted(peers.items()):
-                out.append({"system": system, "model": tag, "atoms": atoms, "ours": _label(o),
-                            "peer": _label(pr), "ratio": float(pr["median_s"]) / float(
-                                o["median_s"]), "ours_row": o, "peer_row": pr})
+                out.append(
+                    {
+                        "system": system,
+                        "model": tag,
+                        "atoms": atoms,
+                        "ours": _label(o),
+                        "peer": _label(pr),
+                        "ratio": float(pr["median_s"]) / float(o["median_s"]),
+                        "ours_row": o,
+                        "peer_row": pr,
+                    }
+                )
     return out
 
 
@@ -161,8 +184,12 @@ def plot_radius_graph(rows: list[dict], device: str, path: str) -> bool:
     for (label, mode, cutoff), rs in sorted(lines.items()):
         rs.sort(key=lambda r: int(r["atoms"]))
         name = " ".join(x for x in (label, mode, f"r_c={cutoff}" if cutoff else "") if x)
-        ax.plot([int(r["atoms"]) for r in rs], [float(r["median_s"]) * 1e3 for r in rs],
-                marker="o", label=name)
+        ax.plot(
+            [int(r["atoms"]) for r in rs],
+            [float(r["median_s"]) * 1e3 for r in rs],
+            marker="o",
+            label=name,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("atoms")
@@ -177,8 +204,9 @@ def plot_radius_graph(rows: list[dict], device: str, path: str) -> bool:
 
 
 def plot_stages(rows: list[dict], device: str, path: str) -> bool:
-    st = [r for r in rows
-          if r["benchmark"] == "model_stage" and r["_notes"].get("stage") != "total"]
+    st = [
+        r for r in rows if r["benchmark"] == "model_stage" and r["_notes"].get("stage") != "total"
+    ]
     if not st:
         return False
     plt = _plt()
@@ -192,8 +220,12 @@ def plot_stages(rows: list[dict], device: str, path: str) -> bool:
     for stage in stages:
         vals = []
         for g in groups:
-            v = [float(r["ns_per_atom"]) / 1e3 for r in st if r["_notes"]["stage"] == stage and
-                 (r["_notes"]["model"], int(r["atoms"]), r["system"], _label(r)) == g]
+            v = [
+                float(r["ns_per_atom"]) / 1e3
+                for r in st
+                if r["_notes"]["stage"] == stage
+                and (r["_notes"]["model"], int(r["atoms"]), r["system"], _label(r)) == g
+            ]
             vals.append(v[0] if v else 0.0)
         ax.bar(range(len(groups)), vals, 0.6, bottom=bottoms, label=stage)
         bottoms = [b + v for b, v in zip(bottoms, vals)]
@@ -206,6 +238,116 @@ def plot_stages(rows: list[dict], device: str, path: str) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def _cpu_rows(rows: list[dict], kind: str) -> list[dict]:
+    return [r for r in rows if r["benchmark"] == "cpu_backend" and r["mode"].endswith("/" + kind)]
+
+
+def _stages(r: dict) -> dict[str, float]:
+    text = (r.get("notes") or "").split("stages_s=", 1)
+    if len(text) < 2:
+        return {}
+    out = {}
+    for item in text[1].split(";"):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = float(v)
+    return out
+
+
+def plot_cpu_backend(rows: list[dict], device: str, path: str) -> bool:
+    sweep = [r for r in _cpu_rows(rows, "sweep") if r.get("median_s")]
+    prof = [r for r in _cpu_rows(rows, "profile") if _stages(r)]
+    if not sweep and not prof:
+        return False
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
+    lines = defaultdict(list)
+    for r in sweep:
+        lines[r["implementation"]].append(r)
+    for label, rs in sorted(lines.items()):
+        rs.sort(key=lambda r: int(r["atoms"]))
+        ax.plot(
+            [int(r["atoms"]) for r in rs],
+            [float(r["ns_per_atom"]) / 1e3 for r in rs],
+            marker="o",
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("atoms (periodic water box, r_c = 5)")
+    ax.set_ylabel("µs per atom-step (energy + forces, whole call)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("ns/atom/step sweep (2L F=128 K=32, fp32)", fontsize=9)
+    groups = sorted({(r["system"], r["implementation"]) for r in prof})
+    stages: list[str] = []
+    for r in prof:
+        for k in _stages(r):
+            if k not in stages:
+                stages.append(k)
+    totals = []
+    for g in groups:
+        r = [r for r in prof if (r["system"], r["implementation"]) == g][0]
+        totals.append(float(r["median_s"]) * 1e3)
+    bottoms = [0.0] * len(groups)
+    for stage in stages:
+        vals = []
+        for g, tot in zip(groups, totals):
+            v = [
+                _stages(r).get(stage, 0.0) * 1e3 / tot * 100
+                for r in prof
+                if (r["system"], r["implementation"]) == g
+            ]
+            vals.append(v[0] if v else 0.0)
+        bx.bar(range(len(groups)), vals, 0.6, bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, vals)]
+    bx.set_xticks(range(len(groups)))
+    bx.set_xticklabels([f"{s}\n{i}\n{t:.0f} ms" for (s, i), t in zip(groups, totals)], fontsize=7)
+    bx.set_ylabel("% of one profiled call")
+    bx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    bx.set_title("cpu backend: per-stage time", fontsize=9)
+    fig.suptitle(f"cpu backend — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def cpu_backend_table(rows: list[dict]) -> str:
+    """Markdown: cpu backend vs torchmd-net (same run), memory, error vs float64."""
+    total = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "total")}
+    errs = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "error")}
+    systems = sorted({s for _, s in total})
+    if not any(("torchmd-net", s) in total for s in systems):
+        return ""
+    out = [
+        '\n## The "cpu" backend vs torchmd-net 3.1 (bench/bench_cpu_backend.py)\n',
+        "Whole call (neighbour list + energy + forces), 2L F=128 K=32 r_c=5 fp32, threads as "
+        "in the row; each implementation in a fresh process of the same run; memory = RSS "
+        "growth over the first call; error = max relative deviation from the float64 model "
+        "(energy; forces relative to max |F|).\n",
+        "| system | atoms | implementation | ms | torchmd-net ms | speed-up | peak MB | "
+        "memory vs torchmd-net | energy err | forces err | date |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in systems:
+        peer = total.get(("torchmd-net", s))
+        for impl in ("ours-tabulated", "ours-exact"):
+            r = total.get((impl, s))
+            if not r or not peer or not r.get("median_s"):
+                continue
+            e = parse_notes(errs[(impl, s)].get("notes", "")) if (impl, s) in errs else {}
+            ours_ms, peer_ms = float(r["median_s"]) * 1e3, float(peer["median_s"]) * 1e3
+            mem, pmem = float(r["peak_mem_mb"] or 0), float(peer["peak_mem_mb"] or 0)
+            out.append(
+                f"| {s} | {r['atoms']} | {impl} | {ours_ms:.0f} | {peer_ms:.0f} | "
+                f"{peer_ms / ours_ms:.1f}x | {mem:.0f} | {mem / max(pmem, 1e-9):.3f}x | "
+                f"{e.get('energy_rel_err', '')} | {e.get('forces_rel_err', '')} | "
+                f"{r['date'][:16]} |"
+            )
+    return "\n".join(out) + "\n"
 
 
 def headline(rows: list[dict], device: str) -> str:
@@ -230,8 +372,11 @@ def headline(rows: list[dict], device: str) -> str:
         cells = []
         for peer in ("torchmd-net default (Warp)", "torchmd-net pure PyTorch"):
             s = peers.get(peer)
-            cells += ([f"{float(s['peer_row']['median_s']) * 1e3:.1f}", f"{s['ratio']:.2f}x"]
-                      if s else ["—", "—"])
+            cells += (
+                [f"{float(s['peer_row']['median_s']) * 1e3:.1f}", f"{s['ratio']:.2f}x"]
+                if s
+                else ["—", "—"]
+            )
         lines.append(
             f"| {model} | {system} | {atoms} | {int(o['edges']) / atoms:.1f} | {ours} "
             f"| {float(o['median_s']) * 1e3:.1f} | " + " | ".join(cells) + " |"
@@ -242,8 +387,10 @@ def headline(rows: list[dict], device: str) -> str:
             rs = [s["ratio"] for s in sp if s["peer"] == peer and s["ours"] == ours]
             if rs:
                 gm = math.exp(sum(math.log(r) for r in rs) / len(rs))
-                lines.append(f"- {ours} vs {peer}: geometric mean {gm:.2f}x over {len(rs)} cases "
-                             f"(range {min(rs):.2f}x to {max(rs):.2f}x).")
+                lines.append(
+                    f"- {ours} vs {peer}: geometric mean {gm:.2f}x over {len(rs)} cases "
+                    f"(range {min(rs):.2f}x to {max(rs):.2f}x)."
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -261,17 +408,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no (non-tiny) rows in {args.csv}: nothing to plot", file=sys.stderr)
         return 0
     made = []
-    for name, fn in (("time_per_atom.png", plot_time_per_atom), ("speedup.png", plot_speedup),
-                     ("radius_graph.png", plot_radius_graph), ("stages.png", plot_stages)):
+    for name, fn in (
+        ("time_per_atom.png", plot_time_per_atom),
+        ("speedup.png", plot_speedup),
+        ("radius_graph.png", plot_radius_graph),
+        ("stages.png", plot_stages),
+        ("cpu_backend.png", plot_cpu_backend),
+    ):
         if fn(rows, device, os.path.join(out, name)):
             made.append(name)
-    table = headline(rows, device)
+    table = headline(rows, device) + cpu_backend_table(rows)
     if table:
         with open(os.path.join(out, "HEADLINE.md"), "w") as fh:
-            fh.write("# Headline: tensornet_fast vs torchmd-net 3.1\n\n" + table +
-                     "\nPlots: time_per_atom.png, speedup.png, stages.png (same folder). "
-                     "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
-                     "and read where the sweep stops and why: bench/README.md.\n")
+            fh.write(
+                "# Headline: tensornet_fast vs torchmd-net 3.1\n\n"
+                + table
+                + "\nPlots: time_per_atom.png, speedup.png, stages.png, cpu_backend.png "
+                "(same folder). "
+                "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
+                "and read where the sweep stops and why: bench/README.md.\n"
+            )
         made.append("HEADLINE.md")
     print(f"{device}: wrote {', '.join(made) or 'nothing'} in {out}", file=sys.stderr)
     return 0

@@ -15,7 +15,13 @@ Levers (SPEC.md "Where the cost is"):
   for a chunk of ``EDGE_CHUNK`` edges (torch path) or in registers (C++ path, csrc/).
 * Forces: a hand-written backward for the two edge passes (embedding, messages). It contracts
   the receiver's adjoint with the sender's features into dE/dd per edge (SPEC.md "The shape of
-  the force backward"); node-level algebra ([N, 9, F], no positions) goes through autograd.
+  the force backward"). With the compiled extension the node-level algebra ([N, 9, F], no
+  positions) has a hand-written backward too: one op per interaction layer (``_Layer``:
+  normalisation, channel-linear GEMMs, message pass, 3x3 products, residual), the embedding's
+  combine step and the squared norms; only the [N, F] LayerNorms / MLPs and the output head go
+  through autograd. Without the extension everything node-level goes through autograd.
+* Exact filters: value and d-derivative propagated together through the filter MLP
+  (``_fused_filter_eval``); the RBF and cutoff derivatives are written out.
 
 ``filter_mode`` ("exact" | "tabulated") is chosen in ``load_model(..., filter_mode=...)``.
 """
