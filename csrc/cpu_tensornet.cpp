@@ -895,6 +895,11 @@ void cpu_cutoff_jvp(const at::Tensor& h, const at::Tensor& th, const at::Tensor&
   });
 }
 
+// Whether block_gemm calls BLAS directly (true) or falls back to at::mm (diagnostics, tests).
+bool cpu_blas_available() {
+  return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
@@ -902,6 +907,7 @@ TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
   m.def("cpu_message_bwd", &cpu_message_bwd);
   m.def("cpu_embed_fwd", &cpu_embed_fwd);
   m.def("cpu_embed_bwd", &cpu_embed_bwd);
+  m.def("cpu_blas_available", &cpu_blas_available);
   m.def("cpu_layer_fwd", &cpu_layer_fwd);
   m.def("cpu_layer_bwd", &cpu_layer_bwd);
   m.def("cpu_embed_combine_fwd", &cpu_embed_combine_fwd);
