@@ -2,9 +2,11 @@
 and torchmd-net 3.1 (issue #5).
 
 Scenarios (one checkpoint, TensorNet 2L, F=128, K=32, r_c=5, fp32; --tiny: F=32, K=16, small
-systems): a periodic water box (~1k atoms) and a batch of 64 g2 molecules; ns/atom/step over
-water boxes of growing size (cpu backend; the neighbour list is timed apart because the
-reference radius graph in this checkout is O(N^2)); a per-stage profile.
+systems): a periodic water box (~1k atoms) and a batch of 64 g2 molecules (whole call incl. the
+neighbour list, and model-only given a prebuilt list); the error of each filter mode against the
+float64 model (``error`` rows); a per-stage profile (``profile`` rows); ns/atom/step over water
+boxes of 81 .. 98k atoms (``sweep`` rows, whole call; torchmd-net only up to
+TNF_BENCH_TMDN_MAX_ATOMS, exact filters only up to TNF_BENCH_EXACT_MAX_ATOMS, see below).
 
 Every measurement runs in a FRESH subprocess, so its peak RSS (ru_maxrss growth over the call)
 belongs to that implementation alone, and torchmd-net runs its default path as installed
@@ -28,10 +30,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 IMPLS = ("ours-exact", "ours-tabulated", "reference", "torchmd-net")
-# Scaling points above this are skipped: the neighbour list in this checkout is the O(N^2)
-# reference search (minutes per build beyond ~3.5k atoms on a loaded 2-core machine). Raise it
-# once the compiled cell list (radius-graph issue) is merged.
-MAX_SCALING_ATOMS = int(os.environ.get("TNF_BENCH_MAX_ATOMS", "3500"))
+# Sweep limits. torchmd-net: O(N^2) neighbour search and per-edge [E, 3, 3, F] tensors (~1.5 GB
+# at 1k water atoms, linear in E): 3000 atoms is as far as this shared 23 GB machine goes.
+# Exact filters: one [U, 3F] value table and one derivative table per filter for U distinct
+# distances (~E/2): ~2.5 GB at 10k atoms, ~25 GB at 100k; the tabulated mode has no such table.
+MAX_SCALING_ATOMS = int(os.environ.get("TNF_BENCH_MAX_ATOMS", "100000"))
+TMDN_MAX_ATOMS = int(os.environ.get("TNF_BENCH_TMDN_MAX_ATOMS", "3000"))
+EXACT_MAX_ATOMS = int(os.environ.get("TNF_BENCH_EXACT_MAX_ATOMS", "10200"))
+SWEEP_SIZES = (3, 4, 7, 10, 15, 22, 32)  # water boxes of 3 n^3 atoms: 81 .. 98304
 
 
 # ----------------------------------------------------------------------------- subprocesses
@@ -96,8 +102,12 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
     from bench.harness import time_call
 
     z, pos, batch, box = _system(system)
-    if mode == "model" and system.startswith("water") and z.shape[0] > MAX_SCALING_ATOMS:
+    if system.startswith("water") and z.shape[0] > MAX_SCALING_ATOMS:
         return {"error": f"skipped: {z.shape[0]} atoms > MAX_SCALING_ATOMS={MAX_SCALING_ATOMS}"}
+    if impl == "torchmd-net" and z.shape[0] > TMDN_MAX_ATOMS:
+        return {"error": f"skipped: {z.shape[0]} atoms > TMDN_MAX_ATOMS={TMDN_MAX_ATOMS}"}
+    if impl == "ours-exact" and z.shape[0] > EXACT_MAX_ATOMS:
+        return {"error": f"skipped: {z.shape[0]} atoms > EXACT_MAX_ATOMS={EXACT_MAX_ATOMS}"}
     edges = None
     if impl == "torchmd-net":
         import warnings
@@ -118,7 +128,7 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
         backend = "reference" if impl == "reference" else "cpu"
         fmode = "tabulated" if impl == "ours-tabulated" else "exact"
         model = tnf.load_model(ckpt, backend=backend, filter_mode=fmode)
-        if mode == "total" or mode == "profile":
+        if mode in ("total", "profile", "error"):
 
             def call(_k=0):
                 return model(z, pos, batch, box=box)
@@ -137,6 +147,21 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
                 return e.detach(), g
 
     out: dict = {"atoms": int(z.shape[0]), "threads": torch.get_num_threads()}
+    if mode == "error":
+        # relative errors vs the same checkpoint in float64 (cpu backend, exact filters: it
+        # matches torchmd-net's float64 pure path to ~1e-14, tests/test_cpu_backend.py)
+        from tolerances import relative_error  # tests/ is on sys.path (see _system)
+
+        call()
+        t = time.perf_counter()
+        y, f = call()
+        out["median_s"] = time.perf_counter() - t  # one timed call (the error is the point)
+        m64 = tnf.load_model(ckpt, backend="cpu", filter_mode="exact", precision=64)
+        box64 = None if box is None else box.double()
+        y64, f64 = m64(z, pos.double(), batch, box=box64)
+        out["energy_rel_err"] = relative_error(y, y64)
+        out["forces_rel_err"] = relative_error(f, f64)
+        return out
     if mode == "profile":
         call()
         stages: dict[str, float] = {}
@@ -146,7 +171,11 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
             out["median_s"] = time.perf_counter() - t
         for ev in prof.key_averages():
             if ev.key.startswith("tnf."):
-                stages[ev.key] = ev.cpu_time_total / 1e6
+                stages[ev.key[len("tnf.cpu.") :]] = ev.cpu_time_total / 1e6
+            elif ev.key == "tensornet_fast::radius_graph":
+                stages["neighbor_list"] = ev.cpu_time_total / 1e6
+        # the stages do not nest; the rest is Python, the output head, priors, allocation
+        stages["other"] = max(0.0, out["median_s"] - sum(stages.values()))
         out["stages"] = stages
         return out
     before = _rss_mb()
@@ -303,34 +332,45 @@ def main(argv=None) -> int:
                         "of torchmd-net"
                     )
 
-    # per-stage profile (water box, both modes)
-    for impl in ("ours-exact", "ours-tabulated"):
-        res = _run(["--worker", impl, ckpt, water, "1", "profile"])
-        if "stages" in res:
-            stages = res["stages"]
-            text = "; ".join(f"{k[8:]}={v:.3f}s" for k, v in sorted(stages.items()))
-            print(f"profile {impl} {water}: total {res['median_s']:.3f} s: {text}")
-            rows.append(row(impl, water, res, "profile", "per-stage CPU time: " + text))
-
-    # ns/atom/step scaling (model given the neighbour list)
-    sizes = (3, 4) if args.tiny else (4, 7, 10, 13)  # 192 .. 6591 atoms
-    for impl in () if args.no_scaling else ("ours-tabulated", "ours-exact"):
-        for n in sizes:
-            res = _run(["--worker", impl, ckpt, f"water{n}", "3", "model"])
-            rows.append(
-                row(
-                    impl,
-                    f"water{n}",
-                    res,
-                    "model",
-                    "scaling; energy+forces given a prebuilt neighbour list",
-                )
-            )
+    # error of each mode vs the float64 model (same checkpoint), both systems
+    for system in (water, g2):
+        for impl in [i for i in impls if i.startswith("ours")]:
+            res = _run(["--worker", impl, ckpt, system, "1", "error"])
             if "error" in res:
-                print(f"scaling {impl} water{n}: {res['error']}")
+                print(f"error {impl} {system}: {res['error']}")
+                continue
+            text = (
+                f"energy_rel_err={res['energy_rel_err']:.2e};"
+                f"forces_rel_err={res['forces_rel_err']:.2e}"
+            )
+            print(f"error vs float64 {impl:15s} {system}: {text}")
+            rows.append(row(impl, system, res, "error", "vs the float64 model; " + text))
+
+    # per-stage profile (both systems, both modes)
+    for system in (water, g2):
+        for impl in [i for i in impls if i.startswith("ours")]:
+            res = _run(["--worker", impl, ckpt, system, "1", "profile"])
+            if "stages" in res:
+                stages = res["stages"]
+                text = ";".join(f"{k}={v:.4f}" for k, v in stages.items())
+                print(f"profile {impl} {system}: total {res['median_s']:.3f} s: {text}")
+                rows.append(row(impl, system, res, "profile", "stages_s=" + text))
+
+    # ns/atom/step sweep (whole call incl. the compiled neighbour list)
+    sizes = (3, 4) if args.tiny else SWEEP_SIZES
+    sweep_impls = [i for i in ("ours-tabulated", "ours-exact", "torchmd-net") if i in impls]
+    for impl in () if args.no_scaling else sweep_impls:
+        for n in sizes:
+            res = _run(["--worker", impl, ckpt, f"water{n}", "2", "total"])
+            if "error" in res:
+                print(f"sweep {impl} water{n}: {res['error']}")
+                if res["error"].startswith("skipped"):
+                    break
+                rows.append(row(impl, f"water{n}", res, "sweep", "sweep"))
                 break
+            rows.append(row(impl, f"water{n}", res, "sweep", "sweep; whole call"))
             print(
-                f"scaling {impl} {res['atoms']:6d} atoms: "
+                f"sweep {impl:15s} {res['atoms']:6d} atoms: "
                 f"{res['median_s'] / res['atoms'] * 1e9:9.0f} ns/atom/step, "
                 f"peak {res['peak_mem_mb']:.0f} MB",
                 flush=True,

@@ -5,6 +5,9 @@
 - ``speedup.png``: our backends' speed-up over each torchmd-net path, every measured case.
 - ``radius_graph.png``: neighbour-list time vs atoms (``benchmark="radius_graph"`` rows).
 - ``stages.png``: where our reference backend's step goes (``benchmark="model_stage"`` rows).
+- ``cpu_backend.png``: the "cpu" backend (``benchmark="cpu_backend"`` rows of
+  bench/bench_cpu_backend.py): ns/atom/step sweep and per-stage profile; its table (speed-up and
+  memory vs torchmd-net, error vs float64) is appended to ``HEADLINE.md``.
 - ``HEADLINE.md``: the headline table (markdown) with the device named.
 
 Only the newest row per (device, benchmark, implementation, backend, system, model) is used,
@@ -244,6 +247,116 @@ def plot_stages(rows: list[dict], device: str, path: str) -> bool:
     return True
 
 
+def _cpu_rows(rows: list[dict], kind: str) -> list[dict]:
+    return [r for r in rows if r["benchmark"] == "cpu_backend" and r["mode"].endswith("/" + kind)]
+
+
+def _stages(r: dict) -> dict[str, float]:
+    text = (r.get("notes") or "").split("stages_s=", 1)
+    if len(text) < 2:
+        return {}
+    out = {}
+    for item in text[1].split(";"):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = float(v)
+    return out
+
+
+def plot_cpu_backend(rows: list[dict], device: str, path: str) -> bool:
+    sweep = [r for r in _cpu_rows(rows, "sweep") if r.get("median_s")]
+    prof = [r for r in _cpu_rows(rows, "profile") if _stages(r)]
+    if not sweep and not prof:
+        return False
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
+    lines = defaultdict(list)
+    for r in sweep:
+        lines[r["implementation"]].append(r)
+    for label, rs in sorted(lines.items()):
+        rs.sort(key=lambda r: int(r["atoms"]))
+        ax.plot(
+            [int(r["atoms"]) for r in rs],
+            [float(r["ns_per_atom"]) / 1e3 for r in rs],
+            marker="o",
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("atoms (periodic water box, r_c = 5)")
+    ax.set_ylabel("µs per atom-step (energy + forces, whole call)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("ns/atom/step sweep (2L F=128 K=32, fp32)", fontsize=9)
+    groups = sorted({(r["system"], r["implementation"]) for r in prof})
+    stages: list[str] = []
+    for r in prof:
+        for k in _stages(r):
+            if k not in stages:
+                stages.append(k)
+    totals = []
+    for g in groups:
+        r = [r for r in prof if (r["system"], r["implementation"]) == g][0]
+        totals.append(float(r["median_s"]) * 1e3)
+    bottoms = [0.0] * len(groups)
+    for stage in stages:
+        vals = []
+        for g, tot in zip(groups, totals):
+            v = [
+                _stages(r).get(stage, 0.0) * 1e3 / tot * 100
+                for r in prof
+                if (r["system"], r["implementation"]) == g
+            ]
+            vals.append(v[0] if v else 0.0)
+        bx.bar(range(len(groups)), vals, 0.6, bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, vals)]
+    bx.set_xticks(range(len(groups)))
+    bx.set_xticklabels([f"{s}\n{i}\n{t:.0f} ms" for (s, i), t in zip(groups, totals)], fontsize=7)
+    bx.set_ylabel("% of one profiled call")
+    bx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    bx.set_title("cpu backend: per-stage time", fontsize=9)
+    fig.suptitle(f"cpu backend — {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def cpu_backend_table(rows: list[dict]) -> str:
+    """Markdown: cpu backend vs torchmd-net (same run), memory, error vs float64."""
+    total = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "total")}
+    errs = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "error")}
+    systems = sorted({s for _, s in total})
+    if not any(("torchmd-net", s) in total for s in systems):
+        return ""
+    out = [
+        '\n## The "cpu" backend vs torchmd-net 3.1 (bench/bench_cpu_backend.py)\n',
+        "Whole call (neighbour list + energy + forces), 2L F=128 K=32 r_c=5 fp32, threads as "
+        "in the row; each implementation in a fresh process of the same run; memory = RSS "
+        "growth over the first call; error = max relative deviation from the float64 model "
+        "(energy; forces relative to max |F|).\n",
+        "| system | atoms | implementation | ms | torchmd-net ms | speed-up | peak MB | "
+        "memory vs torchmd-net | energy err | forces err | date |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in systems:
+        peer = total.get(("torchmd-net", s))
+        for impl in ("ours-tabulated", "ours-exact"):
+            r = total.get((impl, s))
+            if not r or not peer or not r.get("median_s"):
+                continue
+            e = parse_notes(errs[(impl, s)].get("notes", "")) if (impl, s) in errs else {}
+            ours_ms, peer_ms = float(r["median_s"]) * 1e3, float(peer["median_s"]) * 1e3
+            mem, pmem = float(r["peak_mem_mb"] or 0), float(peer["peak_mem_mb"] or 0)
+            out.append(
+                f"| {s} | {r['atoms']} | {impl} | {ours_ms:.0f} | {peer_ms:.0f} | "
+                f"{peer_ms / ours_ms:.1f}x | {mem:.0f} | {mem / max(pmem, 1e-9):.3f}x | "
+                f"{e.get('energy_rel_err', '')} | {e.get('forces_rel_err', '')} | "
+                f"{r['date'][:16]} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def headline(rows: list[dict], device: str) -> str:
     sp = speedups(rows)
     if not sp:
@@ -307,16 +420,18 @@ def main(argv: list[str] | None = None) -> int:
         ("speedup.png", plot_speedup),
         ("radius_graph.png", plot_radius_graph),
         ("stages.png", plot_stages),
+        ("cpu_backend.png", plot_cpu_backend),
     ):
         if fn(rows, device, os.path.join(out, name)):
             made.append(name)
-    table = headline(rows, device)
+    table = headline(rows, device) + cpu_backend_table(rows)
     if table:
         with open(os.path.join(out, "HEADLINE.md"), "w") as fh:
             fh.write(
                 "# Headline: tensornet_fast vs torchmd-net 3.1\n\n"
                 + table
-                + "\nPlots: time_per_atom.png, speedup.png, stages.png (same folder). "
+                + "\nPlots: time_per_atom.png, speedup.png, stages.png, cpu_backend.png "
+                "(same folder). "
                 "Regenerate: `python -m bench.plots` (from results.csv); reproduce the rows "
                 "and read where the sweep stops and why: bench/README.md.\n"
             )

@@ -12,10 +12,12 @@
 // distinct distance, derivative rows in `dtab`), or a cubic spline `tab` [n, 4, 3F] (tabulated
 // mode: interval idx[e], local coordinate s[e], derivative = dp/ds * inv_h); idx[e] < 0 -> 0.
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/library.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -314,6 +316,590 @@ std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tenso
   return {gd, ggeo};
 }
 
+
+// ============================================================================ node-level algebra
+// Per atom and channel everything below is 9 coefficients (stride F in [N, 9, F]); channel
+// linears are GEMMs (MKL through at::native::cpublas) on the component slices [N, F] with
+// leading dimension 9F, so nothing is copied or permuted. Inference only: no weight gradients.
+
+// Fortran BLAS gemm (column-major, LP64) as exported by libtorch_cpu's MKL/OpenBLAS. It is looked
+// up at run time in the library that defines at::mm, so a torch build without it still imports
+// this extension (block_gemm then falls back to at::mm on strided views).
+template <typename T>
+using gemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
+                         const T*, const int*, const T*, const int*, const T*, T*, const int*);
+
+template <typename T>
+gemm_fn<T> blas_gemm() {
+  static gemm_fn<T> fn = [] {
+    Dl_info info;
+    void* sym = nullptr;
+    if (dladdr(reinterpret_cast<void*>(&at::_ops::mm::call), &info) &&
+        info.dli_fname) {
+      void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+      if (lib) sym = dlsym(lib, std::is_same<T, float>::value ? "sgemm_" : "dgemm_");
+    }
+    return reinterpret_cast<gemm_fn<T>>(sym);
+  }();
+  return fn;
+}
+
+// out[n, k, :] = beta * out + W_{blk(k)} x[n, k, :]   (transpose_w: W^T instead of W)
+// w: [3, F, F] (torch Linear layout [out, in]) for the I, A, S blocks.
+template <typename T>
+void block_gemm(const T* x, const T* w, T* out, int64_t n, int64_t nf, bool transpose_w,
+                T beta) {
+  if (n == 0) return;
+  const auto gemm = blas_gemm<T>();
+  const bool small = n < (int64_t(1) << 30) / (9 * nf);
+  for (int k = 0; k < 9; ++k) {
+    const T* wk = w + kBlock[k] * nf * nf;
+    if (gemm && small) {
+      // Row-major out_k [n, F] (ld 9F) = x_k W^T is column-major out_k^T = W x_k^T; the
+      // row-major [out, in] weight read column-major is W^T, so op(A) = W is "T".
+      const int m_ = int(nf), n_ = int(n), ld = int(9 * nf), ldw = int(nf);
+      const T one = T(1);
+      gemm(transpose_w ? "N" : "T", "N", &m_, &n_, &m_, &one, wk, &ldw, x + k * nf, &ld, &beta,
+           out + k * nf, &ld);
+      continue;
+    }
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    auto xv = at::from_blob(const_cast<T*>(x + k * nf), {n, nf}, {9 * nf, 1}, opts);
+    auto wv = at::from_blob(const_cast<T*>(wk), {nf, nf}, {nf, 1}, opts);
+    auto ov = at::from_blob(out + k * nf, {n, nf}, {9 * nf, 1}, opts);
+    auto r = at::mm(xv, transpose_w ? wv : wv.t());
+    if (beta == T(0))
+      ov.copy_(r);
+    else
+      ov.add_(r);
+  }
+}
+
+// Per-(atom, channel) algebra works on chunks of kCB channels held as [9][kCB] arrays (struct of
+// arrays), so every statement below is an elementwise loop over the chunk that the compiler
+// vectorises; `len` <= kCB is the chunk's width (F need not be a multiple of kCB).
+constexpr int kCB = 16;
+template <typename T>
+using Chunk = T[9][kCB];
+
+#define TNF_CC for (int cc = 0; cc < len; ++cc)
+
+template <typename T>
+inline void load9(const T* p, int64_t nf, int len, Chunk<T>& v) {
+  for (int k = 0; k < 9; ++k) {
+    const T* src = p + k * nf;
+#pragma omp simd
+    TNF_CC v[k][cc] = src[cc];
+  }
+}
+template <typename T>
+inline void store9(T* p, int64_t nf, int len, const Chunk<T>& v) {
+  for (int k = 0; k < 9; ++k) {
+    T* dst = p + k * nf;
+#pragma omp simd
+    TNF_CC dst[cc] = v[k][cc];
+  }
+}
+
+// 9 coefficients <-> full 3x3 (row-major m[3 r + c]); the map is orthogonal, so from_full is
+// also the adjoint of to_full (gradients transform the same way).
+template <typename T>
+inline void to_full(const Chunk<T>& x, Chunk<T>& m, int len) {
+  const T a = T(0.57735026918962576451), b = T(0.70710678118654752440),
+          d = T(0.40824829046386301637);
+#pragma omp simd
+  TNF_CC {
+    m[0][cc] = a * x[0][cc] + b * x[7][cc] + d * x[8][cc];
+    m[4][cc] = a * x[0][cc] - b * x[7][cc] + d * x[8][cc];
+    m[8][cc] = a * x[0][cc] - T(2) * d * x[8][cc];
+    m[1][cc] = b * (x[4][cc] - x[3][cc]);
+    m[3][cc] = b * (x[4][cc] + x[3][cc]);
+    m[2][cc] = b * (x[5][cc] + x[2][cc]);
+    m[6][cc] = b * (x[5][cc] - x[2][cc]);
+    m[5][cc] = b * (x[6][cc] - x[1][cc]);
+    m[7][cc] = b * (x[6][cc] + x[1][cc]);
+  }
+}
+
+template <typename T>
+inline void from_full(const Chunk<T>& m, Chunk<T>& x, int len) {
+  const T a = T(0.57735026918962576451), b = T(0.70710678118654752440),
+          d = T(0.40824829046386301637);
+#pragma omp simd
+  TNF_CC {
+    x[0][cc] = a * (m[0][cc] + m[4][cc] + m[8][cc]);
+    x[1][cc] = b * (m[7][cc] - m[5][cc]);
+    x[2][cc] = b * (m[2][cc] - m[6][cc]);
+    x[3][cc] = b * (m[3][cc] - m[1][cc]);
+    x[4][cc] = b * (m[1][cc] + m[3][cc]);
+    x[5][cc] = b * (m[2][cc] + m[6][cc]);
+    x[6][cc] = b * (m[5][cc] + m[7][cc]);
+    x[7][cc] = b * (m[0][cc] - m[4][cc]);
+    x[8][cc] = d * (m[0][cc] + m[4][cc] - T(2) * m[8][cc]);
+  }
+}
+
+// c = op(a) op(b) per channel (ta: a^T, tb: b^T), full 3x3
+template <typename T, bool ta, bool tb>
+inline void mm3(const Chunk<T>& a, const Chunk<T>& b, Chunk<T>& c, int len) {
+  for (int r = 0; r < 3; ++r)
+    for (int q = 0; q < 3; ++q) {
+      const int a0 = ta ? r : r * 3, a1 = ta ? 3 + r : r * 3 + 1, a2 = ta ? 6 + r : r * 3 + 2;
+      const int b0 = tb ? q * 3 : q, b1 = tb ? q * 3 + 1 : 3 + q, b2 = tb ? q * 3 + 2 : 6 + q;
+      T* out = c[r * 3 + q];
+#pragma omp simd
+      TNF_CC out[cc] = a[a0][cc] * b[b0][cc] + a[a1][cc] * b[b1][cc] + a[a2][cc] * b[b2][cc];
+    }
+}
+
+// B (before normalisation) from Y and M in full form: O(3): q (MY + YM); SO(3): 2 YM.
+template <typename T>
+inline void layer_product(const Chunk<T>& yf, const Chunk<T>& mf, T qf, bool o3, Chunk<T>& bf,
+                          int len) {
+  Chunk<T> t;
+  mm3<T, false, false>(yf, mf, bf, len);
+  const T scale = o3 ? qf : T(2);
+  if (o3) {
+    mm3<T, false, false>(mf, yf, t, len);
+    for (int k = 0; k < 9; ++k)
+#pragma omp simd
+      TNF_CC bf[k][cc] += t[k][cc];
+  }
+  for (int k = 0; k < 9; ++k)
+#pragma omp simd
+    TNF_CC bf[k][cc] *= scale;
+}
+
+// v / (|v|^2 + 1) in place
+template <typename T>
+inline void normalise(Chunk<T>& v, int len) {
+  T r[kCB];
+#pragma omp simd
+  TNF_CC r[cc] = T(1);
+  for (int k = 0; k < 9; ++k)
+#pragma omp simd
+    TNF_CC r[cc] += v[k][cc] * v[k][cc];
+#pragma omp simd
+  TNF_CC r[cc] = T(1) / r[cc];
+  for (int k = 0; k < 9; ++k)
+#pragma omp simd
+    TNF_CC v[k][cc] *= r[cc];
+}
+
+// Backward of v / (|v|^2 + 1): g <- g r - 2 r^2 <g, v> v (in place on g).
+template <typename T>
+inline void normalise_bwd(const Chunk<T>& v, Chunk<T>& g, int len) {
+  T r[kCB], dot[kCB];
+#pragma omp simd
+  TNF_CC {
+    r[cc] = T(1);
+    dot[cc] = T(0);
+  }
+  for (int k = 0; k < 9; ++k)
+#pragma omp simd
+    TNF_CC {
+      r[cc] += v[k][cc] * v[k][cc];
+      dot[cc] += g[k][cc] * v[k][cc];
+    }
+#pragma omp simd
+  TNF_CC {
+    r[cc] = T(1) / r[cc];
+    dot[cc] *= T(2) * r[cc] * r[cc];
+  }
+  for (int k = 0; k < 9; ++k)
+#pragma omp simd
+    TNF_CC g[k][cc] = g[k][cc] * r[cc] - dot[cc] * v[k][cc];
+}
+
+// Loop over (atom, channel chunk), in parallel over atoms; body(i, offset, len) with offset =
+// i * 9F + c0 the start of the chunk's component 0.
+template <typename Body>
+void for_chunks(int64_t n, int64_t nf, const Body& body) {
+  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t c0 = 0; c0 < nf; c0 += kCB)
+        body(i, i * 9 * nf + c0, int(std::min<int64_t>(kCB, nf - c0)));
+  });
+}
+
+constexpr int64_t kNodeGrain = 16;
+
+void check_node(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(x.is_contiguous() && x.dim() == 3 && x.size(1) == 9, "x must be [N, 9, F]");
+  TORCH_CHECK(w.is_contiguous() && w.dim() == 3 && w.size(1) == x.size(2) &&
+                  w.size(2) == x.size(2) && w.scalar_type() == x.scalar_type(),
+              "weights must be contiguous [k, F, F] in the dtype of x");
+}
+
+// One interaction layer (SPEC.md "Interaction layer", steps 2-6) with its message pass.
+// w [6, F, F]: linears_tensor.0..5; q [N]: charge factor (1 + 0.1 q_i).
+// Returns (X_out, Y, M, dX); the last three are what cpu_layer_bwd needs.
+std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
+                                      const at::Tensor& q, bool o3, const at::Tensor& row_ptr,
+                                      const at::Tensor& col, const at::Tensor& tab,
+                                      const at::Tensor& idx, const c10::optional<at::Tensor>& s,
+                                      double inv_h) {
+  check_node(x, w);
+  TORCH_CHECK(w.size(0) == 6 && q.is_contiguous() && q.size(0) == x.size(0), "w [6,F,F], q [N]");
+  const int64_t n = x.size(0), nf = x.size(2);
+  auto xb = at::empty_like(x);
+  auto y = at::empty_like(x);
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    const T* xp = x.data_ptr<T>();
+    T* xbp = xb.data_ptr<T>();
+    for_chunks(n, nf, [&](int64_t, int64_t o, int len) {
+      Chunk<T> v;
+      load9(xp + o, nf, len, v);
+      normalise(v, len);
+      store9(xbp + o, nf, len, v);
+    });
+    block_gemm<T>(xbp, w.data_ptr<T>(), y.data_ptr<T>(), n, nf, false, T(0));
+  });
+  auto m = cpu_message_fwd(row_ptr, col, y, tab, idx, s, inv_h);
+  auto bn = at::empty_like(x);
+  auto dx = at::empty_like(x);
+  auto out = xb;  // updated in place: X_out = X_bar + dX + q dX dX
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    const T* yp = y.data_ptr<T>();
+    const T* mp = m.data_ptr<T>();
+    const T* qp = q.data_ptr<T>();
+    T* bp = bn.data_ptr<T>();
+    for_chunks(n, nf, [&](int64_t i, int64_t o, int len) {
+      Chunk<T> v, yf, mf, bf;
+      load9(yp + o, nf, len, v);
+      to_full(v, yf, len);
+      load9(mp + o, nf, len, v);
+      to_full(v, mf, len);
+      layer_product(yf, mf, qp[i], o3, bf, len);
+      from_full(bf, v, len);
+      normalise(v, len);
+      store9(bp + o, nf, len, v);
+    });
+    block_gemm<T>(bp, w.data_ptr<T>() + 3 * nf * nf, dx.data_ptr<T>(), n, nf, false, T(0));
+    const T* dp = dx.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    for_chunks(n, nf, [&](int64_t i, int64_t o, int len) {
+      Chunk<T> v, df, pf, p;
+      load9(dp + o, nf, len, v);
+      to_full(v, df, len);
+      mm3<T, false, false>(df, df, pf, len);
+      from_full(pf, p, len);
+      const T qf = qp[i];
+      for (int k = 0; k < 9; ++k) {
+        T* dst = op + o + k * nf;
+#pragma omp simd
+        TNF_CC dst[cc] += v[k][cc] + qf * p[k][cc];
+      }
+    });
+  });
+  return {out, y, m, dx};
+}
+
+// Backward of cpu_layer_fwd given go = dE/dX_out: (dE/dX [N, 9, F], dE/dd [E]).
+std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
+                                      const at::Tensor& y, const at::Tensor& m,
+                                      const at::Tensor& dx, const at::Tensor& w,
+                                      const at::Tensor& q, bool o3, const at::Tensor& row_ptr,
+                                      const at::Tensor& col, const at::Tensor& tab,
+                                      const c10::optional<at::Tensor>& dtab,
+                                      const at::Tensor& idx, const c10::optional<at::Tensor>& s,
+                                      double inv_h) {
+  check_node(x, w);
+  TORCH_CHECK(go.is_contiguous() && go.sizes() == x.sizes(), "go must be contiguous [N, 9, F]");
+  const int64_t n = x.size(0), nf = x.size(2);
+  auto gdx = at::empty_like(x);
+  auto gb = at::empty_like(x);
+  auto gm = at::empty_like(x);
+  auto gy = at::empty_like(x);
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    const T* gop = go.data_ptr<T>();
+    const T* dp = dx.data_ptr<T>();
+    const T* qp = q.data_ptr<T>();
+    T* gdp = gdx.data_ptr<T>();
+    // dE/d(dX) = go + q (G D^T + D^T G)
+    for_chunks(n, nf, [&](int64_t i, int64_t o, int len) {
+      Chunk<T> g, v, gf, df, t1, t2;
+      load9(gop + o, nf, len, g);
+      to_full(g, gf, len);
+      load9(dp + o, nf, len, v);
+      to_full(v, df, len);
+      mm3<T, false, true>(gf, df, t1, len);
+      mm3<T, true, false>(df, gf, t2, len);
+      for (int k = 0; k < 9; ++k)
+#pragma omp simd
+        TNF_CC t1[k][cc] += t2[k][cc];
+      from_full(t1, v, len);
+      const T qf = qp[i];
+      for (int k = 0; k < 9; ++k)
+#pragma omp simd
+        TNF_CC v[k][cc] = g[k][cc] + qf * v[k][cc];
+      store9(gdp + o, nf, len, v);
+    });
+    // dE/d(B_bar) = dE/d(dX) W_{3,4,5}
+    block_gemm<T>(gdp, w.data_ptr<T>() + 3 * nf * nf, gb.data_ptr<T>(), n, nf, true, T(0));
+    const T* yp = y.data_ptr<T>();
+    const T* mp = m.data_ptr<T>();
+    const T* gbp = gb.data_ptr<T>();
+    T* gmp = gm.data_ptr<T>();
+    T* gyp = gy.data_ptr<T>();
+    for_chunks(n, nf, [&](int64_t i, int64_t o, int len) {
+      Chunk<T> v, yf, mf, bf, b, g, gf, t1, t2;
+      load9(yp + o, nf, len, v);
+      to_full(v, yf, len);
+      load9(mp + o, nf, len, v);
+      to_full(v, mf, len);
+      layer_product(yf, mf, qp[i], o3, bf, len);
+      from_full(bf, b, len);
+      load9(gbp + o, nf, len, g);
+      normalise_bwd(b, g, len);  // dE/dB
+      to_full(g, gf, len);
+      const T scale = o3 ? qp[i] : T(2);
+      if (o3) {
+        // B = q (M Y + Y M): gM = q (G Y^T + Y^T G), gY = q (M^T G + G M^T)
+        mm3<T, false, true>(gf, yf, t1, len);
+        mm3<T, true, false>(yf, gf, t2, len);
+      } else {
+        // B = 2 Y M: gM = 2 Y^T G, gY = 2 G M^T
+        mm3<T, true, false>(yf, gf, t1, len);
+      }
+      for (int k = 0; k < 9; ++k)
+#pragma omp simd
+        TNF_CC t1[k][cc] = scale * (o3 ? t1[k][cc] + t2[k][cc] : t1[k][cc]);
+      from_full(t1, v, len);
+      store9(gmp + o, nf, len, v);
+      if (o3) {
+        mm3<T, true, false>(mf, gf, t1, len);
+        mm3<T, false, true>(gf, mf, t2, len);
+      } else {
+        mm3<T, false, true>(gf, mf, t1, len);
+      }
+      for (int k = 0; k < 9; ++k)
+#pragma omp simd
+        TNF_CC t1[k][cc] = scale * (o3 ? t1[k][cc] + t2[k][cc] : t1[k][cc]);
+      from_full(t1, v, len);
+      store9(gyp + o, nf, len, v);
+    });
+  });
+  auto mb = cpu_message_bwd(row_ptr, col, y, gm, tab, dtab, idx, s, inv_h, true);
+  auto gx = gb;  // free again
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    // dE/dY = local part + message part; dE/dX_bar = go + dE/dY W_{0,1,2}
+    T* gyp = gy.data_ptr<T>();
+    const T* gyp2 = mb[1].data_ptr<T>();
+    T* gxbp = gdx.data_ptr<T>();  // free again
+    const T* gop = go.data_ptr<T>();
+    at::parallel_for(0, n * 9 * nf, 4096, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t e = lo; e < hi; ++e) {
+        gyp[e] += gyp2[e];
+        gxbp[e] = gop[e];
+      }
+    });
+    block_gemm<T>(gyp, w.data_ptr<T>(), gxbp, n, nf, true, T(1));
+    const T* xp = x.data_ptr<T>();
+    T* op = gx.data_ptr<T>();
+    // X_bar = X / (|X|^2 + 1)
+    for_chunks(n, nf, [&](int64_t, int64_t o, int len) {
+      Chunk<T> v, g;
+      load9(xp + o, nf, len, v);
+      load9(gxbp + o, nf, len, g);
+      normalise_bwd(v, g, len);
+      store9(op + o, nf, len, g);
+    });
+  });
+  return {gx, mb[0]};
+}
+
+// Embedding output X = (W_{blk(k)} R_k) (*) n_{blk(k)}; R [N, 9, F], norm [N, 3F], w [3, F, F].
+// Returns (X, P = W R) (P is what the backward needs).
+std::vector<at::Tensor> cpu_embed_combine_fwd(const at::Tensor& raw, const at::Tensor& norm,
+                                              const at::Tensor& w) {
+  check_node(raw, w);
+  TORCH_CHECK(norm.is_contiguous() && norm.size(0) == raw.size(0) &&
+                  norm.size(1) == 3 * raw.size(2),
+              "norm must be contiguous [N, 3F]");
+  const int64_t n = raw.size(0), nf = raw.size(2);
+  auto p = at::empty_like(raw);
+  auto out = at::empty_like(raw);
+  TNF_DISPATCH(raw, [&](auto zero) {
+    using T = decltype(zero);
+    block_gemm<T>(raw.data_ptr<T>(), w.data_ptr<T>(), p.data_ptr<T>(), n, nf, false, T(0));
+    const T* pp = p.data_ptr<T>();
+    const T* np = norm.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        for (int k = 0; k < 9; ++k) {
+          const T* a = pp + (i * 9 + k) * nf;
+          const T* b = np + (i * 3 + kBlock[k]) * nf;
+          T* o = op + (i * 9 + k) * nf;
+#pragma omp simd
+          for (int64_t c = 0; c < nf; ++c) o[c] = a[c] * b[c];
+        }
+    });
+  });
+  return {out, p};
+}
+
+// Backward: (dE/dR [N, 9, F], dE/dnorm [N, 3F]).
+std::vector<at::Tensor> cpu_embed_combine_bwd(const at::Tensor& gx, const at::Tensor& p,
+                                              const at::Tensor& norm, const at::Tensor& w) {
+  check_node(p, w);
+  TORCH_CHECK(gx.is_contiguous() && gx.sizes() == p.sizes(), "gx must be contiguous [N,9,F]");
+  const int64_t n = p.size(0), nf = p.size(2);
+  auto gp = at::empty_like(p);
+  auto gn = at::zeros_like(norm);
+  auto graw = at::empty_like(p);
+  TNF_DISPATCH(p, [&](auto zero) {
+    using T = decltype(zero);
+    const T* gxp = gx.data_ptr<T>();
+    const T* pp = p.data_ptr<T>();
+    const T* np = norm.data_ptr<T>();
+    T* gpp = gp.data_ptr<T>();
+    T* gnp = gn.data_ptr<T>();
+    at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        for (int k = 0; k < 9; ++k) {
+          const int64_t o = (i * 9 + k) * nf, ob = (i * 3 + kBlock[k]) * nf;
+#pragma omp simd
+          for (int64_t c = 0; c < nf; ++c) {
+            gpp[o + c] = gxp[o + c] * np[ob + c];
+            gnp[ob + c] += gxp[o + c] * pp[o + c];
+          }
+        }
+    });
+    block_gemm<T>(gpp, w.data_ptr<T>(), graw.data_ptr<T>(), n, nf, true, T(0));
+  });
+  return {graw, gn};
+}
+
+// Squared norms per channel: blocks=false: [N, F] = sum_k x_k^2 (= ||X||^2); blocks=true:
+// [N, 3F] = (x_0^2 | sum_{1..3} x_k^2 | sum_{4..8} x_k^2) (= 3 I^2, ||A||^2, ||S||^2).
+at::Tensor cpu_sq_norms(const at::Tensor& x, bool blocks) {
+  TORCH_CHECK(x.is_contiguous() && x.dim() == 3 && x.size(1) == 9, "x must be [N, 9, F]");
+  const int64_t n = x.size(0), nf = x.size(2);
+  auto out = at::zeros({n, blocks ? 3 * nf : nf}, x.options());
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    const T* xp = x.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        for (int k = 0; k < 9; ++k) {
+          const T* a = xp + (i * 9 + k) * nf;
+          T* o = op + (i * (blocks ? 3 : 1) + (blocks ? kBlock[k] : 0)) * nf;
+#pragma omp simd
+          for (int64_t c = 0; c < nf; ++c) o[c] += a[c] * a[c];
+        }
+    });
+  });
+  return out;
+}
+
+// Backward of cpu_sq_norms: dE/dx_k = 2 x_k g_{blk(k)} (g [N, F] or [N, 3F]).
+at::Tensor cpu_sq_norms_bwd(const at::Tensor& x, const at::Tensor& g) {
+  TORCH_CHECK(x.is_contiguous() && g.is_contiguous(), "x, g must be contiguous");
+  const int64_t n = x.size(0), nf = x.size(2);
+  const bool blocks = g.size(1) == 3 * nf;
+  auto out = at::empty_like(x);
+  TNF_DISPATCH(x, [&](auto zero) {
+    using T = decltype(zero);
+    const T* xp = x.data_ptr<T>();
+    const T* gp = g.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        for (int k = 0; k < 9; ++k) {
+          const int64_t o = (i * 9 + k) * nf;
+          const T* b = gp + (i * (blocks ? 3 : 1) + (blocks ? kBlock[k] : 0)) * nf;
+#pragma omp simd
+          for (int64_t c = 0; c < nf; ++c) op[o + c] = T(2) * xp[o + c] * b[c];
+        }
+    });
+  });
+  return out;
+}
+
+// ============================================================================ exact filters
+// Value and tangent through an activation (exact-mode filter MLP, forward-mode), in place:
+// a <- sigma(a), ta <- sigma'(a) ta, given g = sigmoid(a) (act 0 = SiLU, 2 = sigmoid) or tanh(a)
+// (act 1), which torch computes with its vectorised exp (a scalar std::exp here would not be).
+void cpu_act_jvp_(at::Tensor& a, at::Tensor& ta, const at::Tensor& g, int64_t act) {
+  TORCH_CHECK(a.is_contiguous() && ta.is_contiguous() && g.is_contiguous() &&
+                  a.sizes() == ta.sizes() && a.sizes() == g.sizes(),
+              "a, ta, g must be contiguous and of one shape");
+  TORCH_CHECK(act >= 0 && act <= 2, "act must be 0 (silu), 1 (tanh) or 2 (sigmoid)");
+  const int64_t numel = a.numel();
+  TNF_DISPATCH(a, [&](auto zero) {
+    using T = decltype(zero);
+    T* ap = a.data_ptr<T>();
+    T* tp = ta.data_ptr<T>();
+    const T* gp = g.data_ptr<T>();
+    at::parallel_for(0, numel, 16384, [&](int64_t lo, int64_t hi) {
+      if (act == 0) {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T x = ap[e], sg = gp[e];
+          ap[e] = x * sg;
+          tp[e] *= sg * (T(1) + x * (T(1) - sg));
+        }
+      } else if (act == 1) {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T th = gp[e];
+          ap[e] = th;
+          tp[e] *= T(1) - th * th;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t e = lo; e < hi; ++e) {
+          const T sg = gp[e];
+          ap[e] = sg;
+          tp[e] *= sg * (T(1) - sg);
+        }
+      }
+    });
+  });
+}
+
+// val = h phi, der = th phi + h dphi (phi, dphi [U, 1]; h, th, val, der [U, C]).
+void cpu_cutoff_jvp(const at::Tensor& h, const at::Tensor& th, const at::Tensor& phi,
+                    const at::Tensor& dphi, at::Tensor& val, at::Tensor& der) {
+  TORCH_CHECK(h.is_contiguous() && th.is_contiguous() && phi.is_contiguous() &&
+                  dphi.is_contiguous() && val.is_contiguous() && der.is_contiguous(),
+              "inputs must be contiguous");
+  const int64_t u = h.size(0), width = h.size(1);
+  TNF_DISPATCH(h, [&](auto zero) {
+    using T = decltype(zero);
+    const T* hp = h.data_ptr<T>();
+    const T* tp = th.data_ptr<T>();
+    const T* pp = phi.data_ptr<T>();
+    const T* dp = dphi.data_ptr<T>();
+    T* vp = val.data_ptr<T>();
+    T* op = der.data_ptr<T>();
+    at::parallel_for(0, u, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const T p = pp[r], dpr = dp[r];
+        const int64_t o = r * width;
+#pragma omp simd
+        for (int64_t c = 0; c < width; ++c) {
+          vp[o + c] = hp[o + c] * p;
+          op[o + c] = tp[o + c] * p + hp[o + c] * dpr;
+        }
+      }
+    });
+  });
+}
+
+// Whether block_gemm calls BLAS directly (true) or falls back to at::mm (diagnostics, tests).
+bool cpu_blas_available() {
+  return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
@@ -321,4 +907,15 @@ TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
   m.def("cpu_message_bwd", &cpu_message_bwd);
   m.def("cpu_embed_fwd", &cpu_embed_fwd);
   m.def("cpu_embed_bwd", &cpu_embed_bwd);
+  m.def("cpu_blas_available", &cpu_blas_available);
+  m.def("cpu_layer_fwd", &cpu_layer_fwd);
+  m.def("cpu_layer_bwd", &cpu_layer_bwd);
+  m.def("cpu_embed_combine_fwd", &cpu_embed_combine_fwd);
+  m.def("cpu_embed_combine_bwd", &cpu_embed_combine_bwd);
+  m.def("cpu_sq_norms", &cpu_sq_norms);
+  m.def("cpu_sq_norms_bwd", &cpu_sq_norms_bwd);
+  m.def("cpu_act_jvp_(Tensor(a!) a, Tensor(b!) ta, Tensor g, int act) -> ()", &cpu_act_jvp_);
+  m.def("cpu_cutoff_jvp(Tensor h, Tensor th, Tensor phi, Tensor dphi, Tensor(a!) val, "
+        "Tensor(b!) der) -> ()",
+        &cpu_cutoff_jvp);
 }

@@ -15,7 +15,13 @@ Levers (SPEC.md "Where the cost is"):
   for a chunk of ``EDGE_CHUNK`` edges (torch path) or in registers (C++ path, csrc/).
 * Forces: a hand-written backward for the two edge passes (embedding, messages). It contracts
   the receiver's adjoint with the sender's features into dE/dd per edge (SPEC.md "The shape of
-  the force backward"); node-level algebra ([N, 9, F], no positions) goes through autograd.
+  the force backward"). With the compiled extension the node-level algebra ([N, 9, F], no
+  positions) has a hand-written backward too: one op per interaction layer (``_Layer``:
+  normalisation, channel-linear GEMMs, message pass, 3x3 products, residual), the embedding's
+  combine step and the squared norms; only the [N, F] LayerNorms / MLPs and the output head go
+  through autograd. Without the extension everything node-level goes through autograd.
+* Exact filters: value and d-derivative propagated together through the filter MLP
+  (``_fused_filter_eval``); the RBF and cutoff derivatives are written out.
 
 ``filter_mode`` ("exact" | "tabulated") is chosen in ``load_model(..., filter_mode=...)``.
 """
@@ -144,11 +150,116 @@ def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | 
     return torch.cat(vals), (torch.cat(ders) if deriv else None)
 
 
-class ExactFilter:
-    """Filter values per edge from one MLP evaluation per distinct distance."""
+def _cutoff_and_derivative(d: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """phi(d) (ops.radial.cosine_cutoff) and dphi/dd, written out (no forward-mode AD)."""
+    phi = cosine_cutoff(d, lo, hi)
+    if lo > 0:
+        scale = 2.0 / (hi - lo)
+        x = scale * (d - lo) + 1.0
+        inside = ((d < hi) & (d > lo)).to(d.dtype)
+    else:
+        scale = 1.0 / hi
+        x = d * scale
+        inside = (d < hi).to(d.dtype)
+    return phi, -0.5 * math.pi * scale * torch.sin(math.pi * x) * inside
 
-    def __init__(self, fn, d_unique: Tensor, inverse: Tensor, deriv: bool):
-        self.table, self.dtable = _value_and_derivative(fn, d_unique, deriv)  # [U, 3F]
+
+def _radial_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """e(d) [U, K], de/dd, phi(d) [U, 1], dphi/dd: the derivatives of ops.radial's expnorm /
+    gauss RBF and cosine cutoff written out (forward-mode AD through torch.func costs a
+    ~150 MB lazy import and many small ops)."""
+    lo, hi = config.cutoff_lower, config.cutoff_upper
+    phi, dphi = _cutoff_and_derivative(d, lo, hi)
+    rbf = rep.distance_expansion
+    dd = d[:, None]
+    if config.rbf_type == "expnorm":
+        alpha = 5.0 / (hi - lo)
+        env, denv = _cutoff_and_derivative(dd, 0.0, hi)
+        u = torch.exp(alpha * (lo - dd))
+        g = torch.exp(-rbf.betas * (u - rbf.means) ** 2)
+        e = env * g
+        de = g * (denv + env * (2.0 * alpha) * rbf.betas * u * (u - rbf.means))
+    else:
+        diff = dd - rbf.offset
+        e = torch.exp(rbf.coeff * diff**2)
+        de = 2.0 * rbf.coeff * diff * e
+    return e, de, phi[:, None], dphi[:, None]
+
+
+def _fused_filter_eval(rep, config: ModelConfig, layer=None):
+    """(d [U], deriv) -> (f [U, 3F], df/dd or None) for the embedding filter (layer None) or a
+    layer's filter MLP: value and tangent propagated together through the same linears, so
+    each activation is evaluated once and its derivative reuses it; the tangent's GEMMs are
+    the only extra work. Outputs are written in place block by block (FILTER_CHUNK rows)."""
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    if layer is None:
+        emb = rep.tensor_embedding
+        projs = (emb.distance_proj1, emb.distance_proj2, emb.distance_proj3)
+        w = torch.cat([p.weight for p in projs]).detach()
+        b = torch.cat([p.bias for p in projs]).detach()
+        lins = [(w, b, False)]
+    else:
+        lins = [(lin.weight.detach(), lin.bias.detach(), True) for lin in layer.linears_scalar]
+
+    # compiled value+tangent activation where there is one (csrc: cpu_act_jvp_)
+    act_id = {"silu": 0, "swish": 0, "tanh": 1, "sigmoid": 2}.get(config.activation)
+
+    def run(d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
+        ops = _ext()
+        width = lins[-1][0].shape[0]
+        val = torch.empty(d.shape[0], width, dtype=d.dtype)
+        der = torch.empty(d.shape[0], width, dtype=d.dtype) if deriv else None
+        with torch.no_grad():
+            for s in range(0, d.shape[0], FILTER_CHUNK):
+                dc = d[s : s + FILTER_CHUNK]
+                if deriv:
+                    h, th, phi, dphi = _radial_jvp(rep, config, dc)
+                else:
+                    h = radial_basis(rep, config, dc)
+                    phi = cosine_cutoff(dc, config.cutoff_lower, config.cutoff_upper)[:, None]
+                for wi, bi, activate in lins:
+                    a = F.linear(h, wi, bi)
+                    if deriv:
+                        ta = th @ wi.t()
+                        if activate and ops is not None and act_id is not None:
+                            sg = torch.tanh(a) if act_id == 1 else torch.sigmoid(a)
+                            ops.cpu_act_jvp_(a, ta, sg, act_id)  # in place
+                            h, th = a, ta
+                        elif activate:
+                            h, th = torch.func.jvp(act, (a,), (ta,))
+                        else:
+                            h, th = a, ta
+                    else:
+                        h = act(a) if activate else a
+                e = s + dc.shape[0]
+                if deriv and ops is not None:
+                    ops.cpu_cutoff_jvp(
+                        h.contiguous(),
+                        th.contiguous(),
+                        phi.contiguous(),
+                        dphi.contiguous(),
+                        val[s:e],
+                        der[s:e],
+                    )
+                    continue
+                torch.mul(h, phi, out=val[s:e])
+                if deriv:
+                    torch.addcmul(th * phi, h, dphi, out=der[s:e])
+        return val, der
+
+    return run
+
+
+class ExactFilter:
+    """Filter values per edge from one MLP evaluation per distinct distance. ``evaluate``
+    (optional): a ``(d, deriv) -> (values, derivatives)`` evaluator (``_fused_filter_eval``)
+    used instead of forward-mode AD through ``fn``."""
+
+    def __init__(self, fn, d_unique: Tensor, inverse: Tensor, deriv: bool, evaluate=None):
+        if evaluate is not None:
+            self.table, self.dtable = evaluate(d_unique, deriv)  # [U, 3F]
+        else:
+            self.table, self.dtable = _value_and_derivative(fn, d_unique, deriv)
         self.inverse = inverse  # [E] edge -> row
 
     def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
@@ -468,7 +579,89 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     d_unique, inverse = torch.unique(g.d, return_inverse=True)
     fns = [_embedding_filter_fn(rep, config)]
     fns += [_layer_filter_fn(rep, layer, config) for layer in rep.layers]
-    return [ExactFilter(fn, d_unique, inverse, deriv) for fn in fns]
+    evals = [_fused_filter_eval(rep, config)]
+    evals += [_fused_filter_eval(rep, config, layer) for layer in rep.layers]
+    return [ExactFilter(fn, d_unique, inverse, deriv, ev) for fn, ev in zip(fns, evals)]
+
+
+class _Layer(torch.autograd.Function):
+    """One interaction layer, fused (csrc/cpu_tensornet.cpp cpu_layer_fwd/bwd): normalisation,
+    channel linears (GEMMs on the [N, F] component slices), message pass, 3x3 products,
+    residual, with a hand-written backward. No weight gradients (inference only)."""
+
+    @staticmethod
+    @record_function("tnf.cpu.layer_fwd")
+    def forward(ctx, x, edge_vec, w, q, o3, g, filt):
+        tab, _, idx, s, inv_h = filt.kernel_args(False)
+        out, y, m, dx = _ext().cpu_layer_fwd(
+            x.contiguous(), w, q, o3, g.row_ptr, g.j, tab, idx, s, inv_h
+        )
+        ctx.save_for_backward(x, y, m, dx, w, q)
+        ctx.o3, ctx.g, ctx.filt = o3, g, filt
+        return out
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.layer_bwd")
+    def backward(ctx, go):
+        x, y, m, dx, w, q = ctx.saved_tensors
+        tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
+        g = ctx.g
+        gx, gd = _ext().cpu_layer_bwd(
+            go.contiguous(),
+            x.contiguous(),
+            y,
+            m,
+            dx,
+            w,
+            q,
+            ctx.o3,
+            g.row_ptr,
+            g.j,
+            tab,
+            dtab,
+            idx,
+            s,
+            inv_h,
+        )
+        gv = g.edge_vec_grad(gd, None) if ctx.needs_input_grad[1] else None
+        return gx, gv, None, None, None, None, None
+
+
+class _EmbedCombine(torch.autograd.Function):
+    """X = (W_blk R_k) * n_blk per component (embedding step 5), fused; no weight gradients."""
+
+    @staticmethod
+    @record_function("tnf.cpu.embed_combine_fwd")
+    def forward(ctx, raw, norm, w):
+        norm = norm.contiguous()
+        x, p = _ext().cpu_embed_combine_fwd(raw.contiguous(), norm, w)
+        ctx.save_for_backward(p, norm, w)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    @record_function("tnf.cpu.embed_combine_bwd")
+    def backward(ctx, gx):
+        p, norm, w = ctx.saved_tensors
+        graw, gnorm = _ext().cpu_embed_combine_bwd(gx.contiguous(), p, norm, w)
+        return graw, gnorm, None
+
+
+class _SqNorms(torch.autograd.Function):
+    """[N, 9, F] -> ||X||^2 [N, F] (blocks=False) or (3I^2 | ||A||^2 | ||S||^2) [N, 3F]."""
+
+    @staticmethod
+    def forward(ctx, x, blocks):
+        x = x.contiguous()
+        ctx.save_for_backward(x)
+        return _ext().cpu_sq_norms(x, blocks)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _ext().cpu_sq_norms_bwd(x, g.contiguous()), None
 
 
 def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
@@ -486,6 +679,8 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     ztab = ztab.detach().contiguous()
     pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
     raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
+    if _ext() is not None:
+        return _fused_node_path(model, raw, nl, g, filters[1:], charge_factor)
     norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
     for lin in emb.linears_scalar:
         norm = act(F.linear(norm, lin.weight, lin.bias))
@@ -514,4 +709,36 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
     feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
     h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
+    return scalar_head(model.output_model.output_network.layers, config, h)
+
+
+def _fused_node_path(model, raw: Tensor, nl, g: Graph, filters: list, charge_factor: Tensor):
+    """Everything after the embedding edge pass with the compiled node kernels: the same
+    numbers as the autograd path in ``atomic_energies`` (to float rounding), a handful of ops
+    per layer instead of ~50. Weights enter detached (inference only: positions get gradients,
+    parameters do not; training mode runs the reference backend)."""
+    config, rep = model.config, model.representation_model
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    f_dim = config.embedding_dimension
+    emb = rep.tensor_embedding
+    norm = F.layer_norm(
+        _SqNorms.apply(raw, False),
+        (f_dim,),
+        emb.init_norm.weight.detach(),
+        emb.init_norm.bias.detach(),
+    )
+    for lin in emb.linears_scalar:
+        norm = act(F.linear(norm, lin.weight.detach(), lin.bias.detach()))
+    w_emb = torch.stack([lin.weight.detach() for lin in emb.linears_tensor])  # [3, F, F]
+    x = _EmbedCombine.apply(raw, norm, w_emb)  # [N, 9, F]
+    q = charge_factor.detach().to(x.dtype).contiguous()
+    o3 = config.equivariance_invariance_group == "O(3)"
+    for layer, filt in zip(rep.layers, filters):
+        w = torch.stack([lin.weight.detach() for lin in layer.linears_tensor])  # [6, F, F]
+        x = _Layer.apply(x, nl.edge_vec, w, q, o3, g, filt)
+    feats = _SqNorms.apply(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
+    feats = F.layer_norm(
+        feats, (3 * f_dim,), rep.out_norm.weight.detach(), rep.out_norm.bias.detach()
+    )
+    h = act(F.linear(feats, rep.linear.weight.detach(), rep.linear.bias.detach()))
     return scalar_head(model.output_model.output_network.layers, config, h)

@@ -145,12 +145,15 @@ def test_gradcheck(tmp_path, mode, group):
     )
 
 
+@pytest.mark.parametrize("case", ["so3_2layers", "o3_2layers"])
 @pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
-def test_compiled_kernels_match_torch_path(ckpts, mode, monkeypatch):
+def test_compiled_kernels_match_torch_path(ckpts, mode, case, monkeypatch):
+    """The compiled path (edge kernels, fused layers with their hand-written backward, fused
+    exact-filter evaluation) against the chunked torch path with autograd."""
     if cpu_backend._ext() is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     z, pos, batch = molecule_batch(dtype=torch.float64)
-    model = tnf.load_model(ckpts["so3_2layers", 64], backend="cpu", filter_mode=mode)
+    model = tnf.load_model(ckpts[case, 64], backend="cpu", filter_mode=mode)
     y_c, f_c = model(z, pos, batch)
     monkeypatch.setattr(cpu_backend, "USE_EXTENSION", False)
     y_t, f_t = model(z, pos, batch)
