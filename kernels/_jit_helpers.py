@@ -124,3 +124,33 @@ def matmul3(a00, a01, a02, a10, a11, a12, a20, a21, a22,
         a20 * b01 + a21 * b11 + a22 * b21,
         a20 * b02 + a21 * b12 + a22 * b22,
     )
+
+
+@triton.jit
+def load9(ptr, offs, mask, F: tl.constexpr):
+    """The 9 coefficient tiles of an [.., 9, F] tensor at offsets ``offs`` of component 0."""
+    return (
+        tl.load(ptr + offs, mask=mask, other=0.0),
+        tl.load(ptr + offs + F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 2 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 3 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 4 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 5 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 6 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 7 * F, mask=mask, other=0.0),
+        tl.load(ptr + offs + 8 * F, mask=mask, other=0.0),
+    )
+
+
+@triton.jit
+def store9(ptr, offs, mask, F: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7, c8):
+    """Store 9 coefficient tiles (the inverse of load9)."""
+    tl.store(ptr + offs, c0, mask=mask)
+    tl.store(ptr + offs + F, c1, mask=mask)
+    tl.store(ptr + offs + 2 * F, c2, mask=mask)
+    tl.store(ptr + offs + 3 * F, c3, mask=mask)
+    tl.store(ptr + offs + 4 * F, c4, mask=mask)
+    tl.store(ptr + offs + 5 * F, c5, mask=mask)
+    tl.store(ptr + offs + 6 * F, c6, mask=mask)
+    tl.store(ptr + offs + 7 * F, c7, mask=mask)
+    tl.store(ptr + offs + 8 * F, c8, mask=mask)

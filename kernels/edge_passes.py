@@ -33,6 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._jit_helpers import store9
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -154,16 +156,7 @@ def _message_fwd_kernel(
         a6 += tl.sum(fs * tl.load(yb + 6 * F, mask=m2, other=0.0), 0)
         a7 += tl.sum(fs * tl.load(yb + 7 * F, mask=m2, other=0.0), 0)
         a8 += tl.sum(fs * tl.load(yb + 8 * F, mask=m2, other=0.0), 0)
-    ob = out_ptr + i * (9 * F) + f
-    tl.store(ob, a0, mask=mask_f)
-    tl.store(ob + F, a1, mask=mask_f)
-    tl.store(ob + 2 * F, a2, mask=mask_f)
-    tl.store(ob + 3 * F, a3, mask=mask_f)
-    tl.store(ob + 4 * F, a4, mask=mask_f)
-    tl.store(ob + 5 * F, a5, mask=mask_f)
-    tl.store(ob + 6 * F, a6, mask=mask_f)
-    tl.store(ob + 7 * F, a7, mask=mask_f)
-    tl.store(ob + 8 * F, a8, mask=mask_f)
+    store9(out_ptr, i * (9 * F) + f, mask_f, F, a0, a1, a2, a3, a4, a5, a6, a7, a8)
 
 
 @triton.autotune(configs=_edge_configs(), key=["F", "TAB"])
@@ -265,16 +258,7 @@ def _embed_fwd_kernel(
         a6 += tl.sum(fs * tl.load(gb + 6, mask=mask_e[:, None], other=0.0), 0)
         a7 += tl.sum(fs * tl.load(gb + 7, mask=mask_e[:, None], other=0.0), 0)
         a8 += tl.sum(fs * tl.load(gb + 8, mask=mask_e[:, None], other=0.0), 0)
-    ob = out_ptr + i * (9 * F) + f
-    tl.store(ob, a0, mask=mask_f)
-    tl.store(ob + F, a1, mask=mask_f)
-    tl.store(ob + 2 * F, a2, mask=mask_f)
-    tl.store(ob + 3 * F, a3, mask=mask_f)
-    tl.store(ob + 4 * F, a4, mask=mask_f)
-    tl.store(ob + 5 * F, a5, mask=mask_f)
-    tl.store(ob + 6 * F, a6, mask=mask_f)
-    tl.store(ob + 7 * F, a7, mask=mask_f)
-    tl.store(ob + 8 * F, a8, mask=mask_f)
+    store9(out_ptr, i * (9 * F) + f, mask_f, F, a0, a1, a2, a3, a4, a5, a6, a7, a8)
 
 
 @triton.autotune(configs=_edge_configs(), key=["F", "TAB"])

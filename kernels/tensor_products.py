@@ -24,41 +24,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._jit_helpers import from_full, matmul3, to_full
+from ._jit_helpers import from_full, load9, matmul3, store9, to_full
 
 # A backward program holds ~60 live [BLOCK_N, BLOCK_F] tiles (3x3 operands, products, adjoints):
 # 8 x 32 = 256 elements over 128 threads is 2 registers per tile and thread, ~120 in all, below
 # the 255 limit. The interpreter prefers fewer, larger programs.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK_N, BLOCK_F = (16, 32) if _INTERPRET else (8, 32)
-
-
-@triton.jit
-def _load9(ptr, offs, mask, F: tl.constexpr):
-    return (
-        tl.load(ptr + offs, mask=mask, other=0.0),
-        tl.load(ptr + offs + F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 2 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 3 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 4 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 5 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 6 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 7 * F, mask=mask, other=0.0),
-        tl.load(ptr + offs + 8 * F, mask=mask, other=0.0),
-    )
-
-
-@triton.jit
-def _store9(ptr, offs, mask, F: tl.constexpr, c0, c1, c2, c3, c4, c5, c6, c7, c8):
-    tl.store(ptr + offs, c0, mask=mask)
-    tl.store(ptr + offs + F, c1, mask=mask)
-    tl.store(ptr + offs + 2 * F, c2, mask=mask)
-    tl.store(ptr + offs + 3 * F, c3, mask=mask)
-    tl.store(ptr + offs + 4 * F, c4, mask=mask)
-    tl.store(ptr + offs + 5 * F, c5, mask=mask)
-    tl.store(ptr + offs + 6 * F, c6, mask=mask)
-    tl.store(ptr + offs + 7 * F, c7, mask=mask)
-    tl.store(ptr + offs + 8 * F, c8, mask=mask)
 
 
 @triton.jit
@@ -96,8 +68,8 @@ def _sq9(c0, c1, c2, c3, c4, c5, c6, c7, c8):
 def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr, O3: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
-    y = _load9(y_ptr, offs, mask, F)
-    m = _load9(m_ptr, offs, mask, F)
+    y = load9(y_ptr, offs, mask, F)
+    m = load9(m_ptr, offs, mask, F)
     q = tl.load(q_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
     p = _product_full(y, m, O3)
     b0, b1, b2, b3, b4, b5, b6, b7, b8 = from_full(*p)
@@ -105,7 +77,7 @@ def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr, O
         b0, b1, b2, b3, b4, b5, b6, b7, b8 = (
             q * b0, q * b1, q * b2, q * b3, q * b4, q * b5, q * b6, q * b7, q * b8)  # fmt: skip
     inv = 1.0 / (_sq9(b0, b1, b2, b3, b4, b5, b6, b7, b8) + 1.0)
-    _store9(out_ptr, offs, mask, F, b0 * inv, b1 * inv, b2 * inv, b3 * inv, b4 * inv, b5 * inv,
+    store9(out_ptr, offs, mask, F, b0 * inv, b1 * inv, b2 * inv, b3 * inv, b4 * inv, b5 * inv,
             b6 * inv, b7 * inv, b8 * inv)  # fmt: skip
 
 
@@ -114,8 +86,8 @@ def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
                         F: tl.constexpr, O3: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
-    y = _load9(y_ptr, offs, mask, F)
-    m = _load9(m_ptr, offs, mask, F)
+    y = load9(y_ptr, offs, mask, F)
+    m = load9(m_ptr, offs, mask, F)
     q = tl.load(q_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
     if O3:
         scale = q
@@ -126,7 +98,7 @@ def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
     b0, b1, b2, b3, b4, b5, b6, b7, b8 = (
         scale * b0, scale * b1, scale * b2, scale * b3, scale * b4, scale * b5, scale * b6,
         scale * b7, scale * b8)  # fmt: skip
-    g0, g1, g2, g3, g4, g5, g6, g7, g8 = _load9(g_ptr, offs, mask, F)
+    g0, g1, g2, g3, g4, g5, g6, g7, g8 = load9(g_ptr, offs, mask, F)
     # out = b / s, s = ||b||^2 + 1:  db = g / s - 2 b (g . b) / s^2
     inv = 1.0 / (_sq9(b0, b1, b2, b3, b4, b5, b6, b7, b8) + 1.0)
     gb = (g0 * b0 + g1 * b1 + g2 * b2 + g3 * b3 + g4 * b4 + g5 * b5 + g6 * b6 + g7 * b7
@@ -163,22 +135,22 @@ def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
                2.0 * e[6], 2.0 * e[7], 2.0 * e[8])  # fmt: skip
         gmf = (2.0 * b[0], 2.0 * b[1], 2.0 * b[2], 2.0 * b[3], 2.0 * b[4], 2.0 * b[5],
                2.0 * b[6], 2.0 * b[7], 2.0 * b[8])  # fmt: skip
-    _store9(gy_ptr, offs, mask, F, *from_full(*gyf))
-    _store9(gm_ptr, offs, mask, F, *from_full(*gmf))
+    store9(gy_ptr, offs, mask, F, *from_full(*gyf))
+    store9(gm_ptr, offs, mask, F, *from_full(*gmf))
 
 
 @triton.jit
 def _update_fwd_kernel(xb_ptr, dx_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
-    x = _load9(xb_ptr, offs, mask, F)
-    dx = _load9(dx_ptr, offs, mask, F)
+    x = load9(xb_ptr, offs, mask, F)
+    dx = load9(dx_ptr, offs, mask, F)
     q = tl.load(q_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
     d00, d01, d02, d10, d11, d12, d20, d21, d22 = to_full(*dx)
     sq = matmul3(d00, d01, d02, d10, d11, d12, d20, d21, d22,
                  d00, d01, d02, d10, d11, d12, d20, d21, d22)  # fmt: skip
     s0, s1, s2, s3, s4, s5, s6, s7, s8 = from_full(*sq)
-    _store9(out_ptr, offs, mask, F, x[0] + dx[0] + q * s0, x[1] + dx[1] + q * s1,
+    store9(out_ptr, offs, mask, F, x[0] + dx[0] + q * s0, x[1] + dx[1] + q * s1,
             x[2] + dx[2] + q * s2, x[3] + dx[3] + q * s3, x[4] + dx[4] + q * s4,
             x[5] + dx[5] + q * s5, x[6] + dx[6] + q * s6, x[7] + dx[7] + q * s7,
             x[8] + dx[8] + q * s8)  # fmt: skip
@@ -188,9 +160,9 @@ def _update_fwd_kernel(xb_ptr, dx_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
 def _update_bwd_kernel(dx_ptr, q_ptr, g_ptr, gdx_ptr, n_rows, F: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
-    g = _load9(g_ptr, offs, mask, F)
+    g = load9(g_ptr, offs, mask, F)
     q = tl.load(q_ptr + rows, mask=rows < n_rows, other=0.0)[:, None]
-    d00, d01, d02, d10, d11, d12, d20, d21, d22 = to_full(*_load9(dx_ptr, offs, mask, F))
+    d00, d01, d02, d10, d11, d12, d20, d21, d22 = to_full(*load9(dx_ptr, offs, mask, F))
     g00, g01, g02, g10, g11, g12, g20, g21, g22 = to_full(*g)
     # d(D D) adjoint: G D^T + D^T G
     a = matmul3(g00, g01, g02, g10, g11, g12, g20, g21, g22,
@@ -200,7 +172,7 @@ def _update_bwd_kernel(dx_ptr, q_ptr, g_ptr, gdx_ptr, n_rows, F: tl.constexpr,
     s0, s1, s2, s3, s4, s5, s6, s7, s8 = from_full(
         a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5],
         a[6] + b[6], a[7] + b[7], a[8] + b[8])  # fmt: skip
-    _store9(gdx_ptr, offs, mask, F, g[0] + q * s0, g[1] + q * s1, g[2] + q * s2, g[3] + q * s3,
+    store9(gdx_ptr, offs, mask, F, g[0] + q * s0, g[1] + q * s1, g[2] + q * s2, g[3] + q * s3,
             g[4] + q * s4, g[5] + q * s5, g[6] + q * s6, g[7] + q * s7, g[8] + q * s8)  # fmt: skip
 
 

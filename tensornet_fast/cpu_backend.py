@@ -667,8 +667,7 @@ class _SqNorms(torch.autograd.Function):
 def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``."""
     config, rep = model.config, model.representation_model
-    act = ACTIVATION_FUNCTIONS[config.activation]
-    f_dim = config.embedding_dimension
+
     g = Graph(nl, z.shape[0])
     deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
     with record_function("tnf.cpu.filters"):
@@ -681,14 +680,7 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
     if _ext() is not None:
         return _fused_node_path(model, raw, nl, g, filters[1:], charge_factor)
-    norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
-    for lin in emb.linears_scalar:
-        norm = act(F.linear(norm, lin.weight, lin.bias))
-    n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
-    w = [lin.weight for lin in emb.linears_tensor]
-    x = torch.cat(
-        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
-    )  # [N, 9, F]
+    x = embedding_combine(rep, config, raw)  # [N, 9, F]
 
     q3 = charge_factor[:, None, None]  # [N, 1, 1]
     q4 = charge_factor[:, None, None, None]
@@ -705,9 +697,31 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
         dx = block_linear(b, wt[3], wt[4], wt[5])
         dxf = to_full(dx)
         x = x_bar + dx + q3 * from_full(_matmul3(dxf, dxf))
+    return output_energies(model, x)
 
+
+def embedding_combine(rep, config: ModelConfig, raw: Tensor) -> Tensor:
+    """X^0 from the raw embedding sums R [N, 9, F] (SPEC.md embedding steps 4-5), autograd."""
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    f_dim = config.embedding_dimension
+    emb = rep.tensor_embedding
+    norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
+    for lin in emb.linears_scalar:
+        norm = act(F.linear(norm, lin.weight, lin.bias))
+    n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
+    w = [lin.weight for lin in emb.linears_tensor]
+    return torch.cat(
+        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
+    )
+
+
+def output_energies(model, x: Tensor) -> Tensor:
+    """epsilon_i [N, 1] from the final X [N, 9, F] (SPEC.md "Output and energy"), autograd."""
+    config, rep = model.config, model.representation_model
+    act = ACTIVATION_FUNCTIONS[config.activation]
     feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
-    feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
+    f3 = 3 * config.embedding_dimension
+    feats = F.layer_norm(feats, (f3,), rep.out_norm.weight, rep.out_norm.bias)
     h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
     return scalar_head(model.output_model.output_network.layers, config, h)
 

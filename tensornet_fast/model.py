@@ -465,7 +465,11 @@ def load_model(
         path = NAMED_MODELS[path]
     config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
     model = build_model(
-        config, state, derivative=derivative, backend=backend, filter_mode=filter_mode,
+        config,
+        state,
+        derivative=derivative,
+        backend=backend,
+        filter_mode=filter_mode,
         device=device,
     )
     return model.to(device)

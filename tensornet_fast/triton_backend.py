@@ -36,10 +36,10 @@ from .cpu_backend import (
     _layer_filter_fn,
     _pair_table,
     block_linear,
+    embedding_combine,
+    output_energies,
     sq_norm,
 )
-from .ops.radial import ACTIVATION_FUNCTIONS
-from .reference import scalar_head
 
 _EMPTY: dict = {}
 
@@ -151,8 +151,6 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
     edges, prod = k["edges"], k["prod"]
     config: ModelConfig = model.config
     rep = model.representation_model
-    act = ACTIVATION_FUNCTIONS[config.activation]
-    f_dim = config.embedding_dimension
 
     d = nl.edge_dist  # [E], differentiable; exactly 0 on self-loops
     vec = nl.edge_vec
@@ -175,14 +173,7 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
     pair = (zidx[row] * n_species + zidx[col]).contiguous()  # [E] row of ztab
     tab, dtab, idx, lo, inv_h, tabulated = filters.args[0]
     raw = edges.embed(geo, d, pair, ztab, row_ptr, row, tab, dtab, idx, lo, inv_h, tabulated)
-    norm = F.layer_norm(sq_norm(raw), (f_dim,), emb.init_norm.weight, emb.init_norm.bias)
-    for lin in emb.linears_scalar:
-        norm = act(F.linear(norm, lin.weight, lin.bias))
-    n_i, n_a, n_s = norm[:, None, :].split(f_dim, dim=-1)  # [N, 1, F] each
-    w = [lin.weight for lin in emb.linears_tensor]
-    x = torch.cat(
-        (raw[:, :1] @ w[0].t() * n_i, raw[:, 1:4] @ w[1].t() * n_a, raw[:, 4:] @ w[2].t() * n_s), 1
-    )  # [N, 9, F]
+    x = embedding_combine(rep, config, raw)  # [N, 9, F]
 
     q = charge_factor.to(x.dtype).contiguous()  # [N]
     o3 = config.equivariance_invariance_group == "O(3)"
@@ -194,8 +185,4 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
         b = prod.product(y, m, q, o3)  # normalised
         dx = block_linear(b, wt[3], wt[4], wt[5])
         x = prod.update(x_bar, dx, q)
-
-    feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
-    feats = F.layer_norm(feats, (3 * f_dim,), rep.out_norm.weight, rep.out_norm.bias)
-    h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
-    return scalar_head(model.output_model.output_network.layers, config, h)
+    return output_energies(model, x)

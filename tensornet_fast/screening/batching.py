@@ -90,8 +90,12 @@ def _concat(model: torch.nn.Module, recs: list[Record]) -> tuple[torch.Tensor, .
     q = None
     if model.config.charge:  # total charge per molecule, only for models trained with it
         q = torch.tensor([float(r.charge) for r in recs], dtype=model.dtype, device=device)
-    return (z.to(device, non_blocking=True), pos.to(device, non_blocking=True),
-            batch.to(device, non_blocking=True), q)
+    return (
+        z.to(device, non_blocking=True),
+        pos.to(device, non_blocking=True),
+        batch.to(device, non_blocking=True),
+        q,
+    )
 
 
 def per_molecule_fmax(forces: torch.Tensor, batch: torch.Tensor, n_mol: int) -> torch.Tensor:
@@ -104,8 +108,9 @@ def single_point(model: torch.nn.Module, recs: list[Record]) -> list[tuple[float
     z, pos, batch, q = _concat(model, recs)
     energy, forces = model(z, pos, batch, q=q)
     fmax = per_molecule_fmax(forces, batch, len(recs))
-    return list(zip(energy.detach().reshape(-1).double().cpu().tolist(),
-                    fmax.double().cpu().tolist()))
+    return list(
+        zip(energy.detach().reshape(-1).double().cpu().tolist(), fmax.double().cpu().tolist())
+    )
 
 
 def _split_eval(fn, recs: list[Record], out: dict[str, object]) -> None:
@@ -143,8 +148,9 @@ class BatchEvaluator:
                 fine = [r for r in good if not isinstance(sp.get(r.id), str)]
                 if fine:
                     opts = self.relax
-                    _split_eval(lambda rs: fire_relax(self.model, rs, opts.fmax, opts.max_steps),
-                                fine, rel)
+                    _split_eval(
+                        lambda rs: fire_relax(self.model, rs, opts.fmax, opts.max_steps), fine, rel
+                    )
         rows = []
         for r in group:
             row = {c: None for c in self.columns}
@@ -154,8 +160,12 @@ class BatchEvaluator:
                 row.update(energy=res[0], fmax=res[1], status="ok")
                 rres = rel.get(r.id)
                 if isinstance(rres, tuple):
-                    row.update(relaxed_energy=rres[0], relaxed_fmax=rres[1],
-                               relax_steps=rres[2], converged=bool(rres[3]))
+                    row.update(
+                        relaxed_energy=rres[0],
+                        relaxed_fmax=rres[1],
+                        relax_steps=rres[2],
+                        converged=bool(rres[3]),
+                    )
                 elif isinstance(rres, str):
                     row["status"] = "relax " + rres
             else:

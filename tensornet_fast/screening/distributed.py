@@ -50,9 +50,12 @@ class _ProcessPool:
         ctx = mp.get_context("spawn")
         threads = spec.threads or max(1, (os.cpu_count() or 1) // len(devices))
         self.slots = [
-            (cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_process,
-                                    initargs=(threads,)),
-             dataclasses.replace(spec, device=d, threads=threads))
+            (
+                cf.ProcessPoolExecutor(
+                    1, mp_context=ctx, initializer=_init_process, initargs=(threads,)
+                ),
+                dataclasses.replace(spec, device=d, threads=threads),
+            )
             for d in devices
         ]
         self.load = [0] * len(self.slots)
@@ -102,10 +105,14 @@ class _DaskPool:
 
             threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
             # no MALLOC_TRIM_THRESHOLD_ for model workers (see runner.undo_malloc_trim)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
-                                  None}):
+            with dask.config.set(
+                {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+            ):
                 self.cluster = LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
                     dashboard_address=None,
                 )
             self.client = Client(self.cluster)
@@ -153,6 +160,7 @@ def run_pool(
     inflight: dict = {}
     ok = False
     try:
+
         def drain() -> None:
             for fut in pool.wait_first(inflight):
                 nbytes = inflight.pop(fut)

@@ -320,8 +320,9 @@ def parse_record(raw: RawRecord, max_z: int, seed: int = 0) -> Record:
     except Exception as exc:  # any parser failure is a per-record status, never a crash
         return Record(raw.id, "", None, None, raw.nbytes, short_error(exc))
     error = validate(z, pos, max_z)
-    return Record(raw.id, name, z, pos, raw.nbytes, None if error is None else short_error(error),
-                  charge)
+    return Record(
+        raw.id, name, z, pos, raw.nbytes, None if error is None else short_error(error), charge
+    )
 
 
 def hill_formula(z: np.ndarray | None) -> str:

@@ -88,5 +88,11 @@ def fire_relax(
         dr = dr * scale[local, None] * keep[:, None]
         pos[amask] = pos[amask] + dr
         v[amask] = va
-    return list(zip(energy.cpu().tolist(), fmax_out.cpu().tolist(), steps.cpu().tolist(),
-                    converged.cpu().tolist()))
+    return list(
+        zip(
+            energy.cpu().tolist(),
+            fmax_out.cpu().tolist(),
+            steps.cpu().tolist(),
+            converged.cpu().tolist(),
+        )
+    )

@@ -109,8 +109,13 @@ class Progress:
     molecules/s), "log" (a plain line every ``log_every`` seconds), "none", or "auto" (bar on a
     terminal, log lines otherwise). ``True``/``False``/``None`` mean bar/none/auto."""
 
-    def __init__(self, total_bytes: int, mode: str | bool | None = "auto",
-                 log_every: float = 10.0, stream=None):
+    def __init__(
+        self,
+        total_bytes: int,
+        mode: str | bool | None = "auto",
+        log_every: float = 10.0,
+        stream=None,
+    ):
         self.stream = stream or sys.stderr
         self.total = max(total_bytes, 1)
         self.start = time.perf_counter()
@@ -128,8 +133,15 @@ class Progress:
         if mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=self.stream,
-                            desc="screen", smoothing=0.1, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.total,
+                unit="B",
+                unit_scale=True,
+                file=self.stream,
+                desc="screen",
+                smoothing=0.1,
+                dynamic_ncols=True,
+            )
         self.quiet = mode == "none"
 
     def skip(self, nbytes: int) -> None:  # may be called from the reader thread
@@ -145,16 +157,20 @@ class Progress:
         self.bytes += nbytes + skipped
         if self.bar is not None:
             self.bar.update(nbytes + skipped)
-            self.bar.set_postfix(mol_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed,
-                                 refresh=False)
+            self.bar.set_postfix(
+                mol_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed, refresh=False
+            )
         elif not self.quiet and time.perf_counter() - self._last_log >= self.log_every:
             self._last_log = time.perf_counter()
             frac = min(self.bytes / self.total, 1.0)
             elapsed = self._last_log - self.start
             eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-            print(f"screen: {self.n_rows} molecules ({self.n_failed} failed), "
-                  f"{self.rate():.1f} molecules/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
-                  file=self.stream, flush=True)
+            print(
+                f"screen: {self.n_rows} molecules ({self.n_failed} failed), "
+                f"{self.rate():.1f} molecules/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -178,10 +194,12 @@ class ScreenStats:
 
     def summary(self) -> str:
         state = "interrupted" if self.interrupted else "done"
-        return (f"screen {state}: {self.n_rows} molecules ({self.n_rows - self.n_failed} ok, "
-                f"{self.n_failed} failed) in {self.elapsed_s:.2f} s = "
-                f"{self.molecules_per_s:.1f} molecules/s [{self.mode}]; "
-                f"{self.n_existing} already in {self.out} skipped")
+        return (
+            f"screen {state}: {self.n_rows} molecules ({self.n_rows - self.n_failed} ok, "
+            f"{self.n_failed} failed) in {self.elapsed_s:.2f} s = "
+            f"{self.molecules_per_s:.1f} molecules/s [{self.mode}]; "
+            f"{self.n_existing} already in {self.out} skipped"
+        )
 
 
 # ---------------------------------------------------------------------------------- local run
@@ -240,8 +258,9 @@ def parallel_parse(
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"),
-                                initializer=_ignore_sigint) as ex:
+    with cf.ProcessPoolExecutor(
+        n_workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint
+    ) as ex:
         pending: collections.deque = collections.deque()
         for part in chunked(raws, chunk):
             pending.append(ex.submit(_parse_chunk, part, max_z, seed))
@@ -307,8 +326,16 @@ def screen(
         if scheduler or workers or devices:
             from .distributed import run_pool
 
-            stats.mode = run_pool(raws, spec, write, scheduler=scheduler, workers=workers,
-                                  devices=devices, shard_size=shard_size, progress=prog)
+            stats.mode = run_pool(
+                raws,
+                spec,
+                write,
+                scheduler=scheduler,
+                workers=workers,
+                devices=devices,
+                shard_size=shard_size,
+                progress=prog,
+            )
         else:
             model = get_model(spec)
             prog.start = time.perf_counter()  # throughput excludes loading the model

@@ -22,8 +22,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 _TYPES = {
-    "n_atoms": int, "energy": float, "fmax": float, "relaxed_energy": float,
-    "relaxed_fmax": float, "relax_steps": int, "converged": lambda s: s == "True",
+    "n_atoms": int,
+    "energy": float,
+    "fmax": float,
+    "relaxed_energy": float,
+    "relaxed_fmax": float,
+    "relax_steps": int,
+    "converged": lambda s: s == "True",
 }
 
 
@@ -170,9 +175,15 @@ class CsvSink:
 def _arrow_schema(columns: Sequence[str]):
     import pyarrow as pa
 
-    types = {"n_atoms": pa.int64(), "energy": pa.float64(), "fmax": pa.float64(),
-             "relaxed_energy": pa.float64(), "relaxed_fmax": pa.float64(),
-             "relax_steps": pa.int64(), "converged": pa.bool_()}
+    types = {
+        "n_atoms": pa.int64(),
+        "energy": pa.float64(),
+        "fmax": pa.float64(),
+        "relaxed_energy": pa.float64(),
+        "relaxed_fmax": pa.float64(),
+        "relax_steps": pa.int64(),
+        "converged": pa.bool_(),
+    }
     return pa.schema([(c, types.get(c, pa.string())) for c in columns])
 
 
@@ -221,8 +232,9 @@ class ParquetSink:
 
         if not rows:
             return
-        table = pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in rows],
-                                     schema=self.schema)
+        table = pa.Table.from_pylist(
+            [{c: r.get(c) for c in self.columns} for r in rows], schema=self.schema
+        )
         name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = os.path.join(self.path, "_" + name + ".tmp")
         pq.write_table(table, tmp)
