@@ -17,7 +17,10 @@ def extensions():
         from torch.utils import cpp_extension
     except ImportError:
         return [], {}
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    # -ffp-contract=off: no fused multiply-adds the source does not write, so distances are
+    # rounded exactly like the brute-force/PyTorch references (pairs at the cutoff, Verlet reuse
+    # bitwise equal to a fresh build); the CUDA side uses --fmad=false for the same reason.
+    cxx = ["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=off"]
     # The extension is built on the machine that runs it (build_ext --inplace), so by default it
     # targets that CPU (AVX2/FMA vector loops in the cpu backend's kernels: ~2x over SSE2).
     # TENSORNET_FAST_MARCH=x86-64 (or empty) for a portable build.

@@ -22,6 +22,7 @@ This backend is for inference (energies, forces, stress); training mode uses the
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.nn.functional as F
@@ -41,21 +42,19 @@ from .cpu_backend import (
     sq_norm,
 )
 
-_EMPTY: dict = {}
+_MODULES: dict = {}
 
 
 def _kernels():
     """The kernel modules, imported on first use (importing Triton costs ~1 s)."""
-    if not _EMPTY:
+    if not _MODULES:
         from .kernels import edge_passes, radial_filter, tensor_products
 
-        _EMPTY.update(edges=edge_passes, filt=radial_filter, prod=tensor_products)
-    return _EMPTY
+        _MODULES.update(edges=edge_passes, filt=radial_filter, prod=tensor_products)
+    return _MODULES
 
 
 def interpreter_active() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -68,7 +67,8 @@ def supports_device(device: torch.device) -> bool:
 def _model_cache(model, key: tuple, build):
     cache = model.__dict__.setdefault("_triton_cache", {})
     if key not in cache:
-        cache.clear() if len(cache) > 8 else None
+        if len(cache) > 8:  # a model moved between many dtypes/devices: drop stale tables
+            cache.clear()
         cache[key] = build()
     return cache[key]
 
