@@ -8,6 +8,7 @@ says once, with a warning, when it had to fall back.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -21,9 +22,8 @@ class BackendUnavailable(RuntimeError):
 
 
 def _triton_status() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    # find_spec, not import: importing Triton costs ~1 s and only the triton backend needs it
+    if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install 'tensornet-fast[triton]')"
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return None
