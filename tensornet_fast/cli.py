@@ -15,6 +15,12 @@ from .errors import InputError
 DEFAULT_MOLECULES = os.path.join(os.path.dirname(__file__), "data", "molecules.xyz")
 
 
+BACKEND_HELP = (
+    "compute backend: auto (cpu on CPU, triton on CUDA when Triton is installed), reference, "
+    "cpu, triton; `tensornet-fast info` lists those available here"
+)
+
+
 def _add_energies_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
@@ -25,7 +31,7 @@ def _add_energies_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default="default", help="checkpoint path or 'default' (bundled)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", help="compute backend (auto, reference)")
+    p.add_argument("--backend", default="auto", help=BACKEND_HELP)
     p.add_argument(
         "--precision",
         type=int,
@@ -175,7 +181,7 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
         ".parquet; re-running the same command resumes (ids already there are skipped)",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--backend", default="auto", help="compute backend (auto, reference)")
+    p.add_argument("--backend", default="auto", help=BACKEND_HELP)
     p.add_argument(
         "--precision",
         type=int,
