@@ -85,6 +85,17 @@ def _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, BLK: tl.constexpr, F: tl.co
 
 
 @triton.jit
+def _filters3(tab_ptr, dtab_ptr, row, s, f2, m2, F: tl.constexpr, TAB: tl.constexpr,
+              DERIV: tl.constexpr, INV_H: tl.constexpr):  # fmt: skip
+    """(f^I, f^A, f^S, f'^I, f'^A, f'^S) tiles [BE, BF] of one tile of edges (derivatives equal
+    the values when not DERIV)."""
+    fi, gi = _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, 0, F, TAB, DERIV, INV_H)
+    fa, ga = _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, 1, F, TAB, DERIV, INV_H)
+    fs, gs = _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, 2, F, TAB, DERIV, INV_H)
+    return fi, fa, fs, gi, ga, gs
+
+
+@triton.jit
 def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr,
                         INV_H: tl.constexpr,
                         TAB: tl.constexpr):  # fmt: skip
@@ -141,9 +152,7 @@ def _message_fwd_kernel(
         m2 = mask_e[:, None] & mask_f[None, :]
         row, s, keep = _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO, INV_H,
                                               TAB)  # fmt: skip
-        fi, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 0, F, TAB, False, INV_H)
-        fa, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 1, F, TAB, False, INV_H)
-        fs, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 2, F, TAB, False, INV_H)
+        fi, fa, fs, _, _, _ = _filters3(tab_ptr, tab_ptr, row, s, f2, m2, F, TAB, False, INV_H)
         fi, fa, fs = fi * keep, fa * keep, fs * keep
         j = tl.load(col_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
         yb = y_ptr + j[:, None] * (9 * F) + f2
@@ -191,9 +200,7 @@ def _message_dd_kernel(
         f = f0 + tl.arange(0, BLOCK_F)
         f2 = f[None, :]
         m2 = mask_e[:, None] & (f2 < F)
-        _, gi = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 0, F, TAB, True, INV_H)
-        _, ga = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 1, F, TAB, True, INV_H)
-        _, gs = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 2, F, TAB, True, INV_H)
+        _, _, _, gi, ga, gs = _filters3(tab_ptr, dtab_ptr, rowt, s, f2, m2, F, TAB, True, INV_H)
         yb = y_ptr + j * (9 * F) + f2
         gb = gm_ptr + i * (9 * F) + f2
         t = gi * tl.load(yb, mask=m2, other=0.0) * tl.load(gb, mask=m2, other=0.0)
@@ -242,9 +249,7 @@ def _embed_fwd_kernel(
         m2 = mask_e[:, None] & mask_f[None, :]
         row, s, keep = _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO, INV_H,
                                               TAB)  # fmt: skip
-        fi, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 0, F, TAB, False, INV_H)
-        fa, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 1, F, TAB, False, INV_H)
-        fs, _ = _filter_block(tab_ptr, tab_ptr, row, s, f2, m2, 2, F, TAB, False, INV_H)
+        fi, fa, fs, _, _, _ = _filters3(tab_ptr, tab_ptr, row, s, f2, m2, F, TAB, False, INV_H)
         p = tl.load(pair_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
         z = tl.load(ztab_ptr + p[:, None] * F + f2, mask=m2, other=0.0) * keep
         fi, fa, fs = fi * z, fa * z, fs * z
@@ -298,9 +303,8 @@ def _embed_bwd_kernel(
         f = f0 + tl.arange(0, BLOCK_F)
         f2 = f[None, :]
         m2 = mask_e[:, None] & (f2 < F)
-        fi, gi = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 0, F, TAB, True, INV_H)
-        fa, ga = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 1, F, TAB, True, INV_H)
-        fs, gs = _filter_block(tab_ptr, dtab_ptr, rowt, s, f2, m2, 2, F, TAB, True, INV_H)
+        fi, fa, fs, gi, ga, gs = _filters3(tab_ptr, dtab_ptr, rowt, s, f2, m2, F, TAB, True,
+                                           INV_H)  # fmt: skip
         z = tl.load(ztab_ptr + p * F + f2, mask=m2, other=0.0)
         gb = gr_ptr + i * (9 * F) + f2
         g = tl.load(gb, mask=m2, other=0.0) * z
@@ -475,9 +479,10 @@ def _message_grad(ctx, gm):
     y, d, row_ptr, row, col, tab, dtab, idx = ctx.saved_tensors
     lo, inv_h, tabulated = ctx.consts
     gm = gm.contiguous()
-    # Symmetric graph, f_ij = f_ji: dE/dY_j = sum_i f_ij gM_i is the message pass of gM.
-    gy = message(gm, d, row_ptr, row, col, tab, dtab, idx, lo, inv_h, tabulated)
-    gd = None
+    gy = gd = None
+    if ctx.needs_input_grad[0]:
+        # Symmetric graph, f_ij = f_ji: dE/dY_j = sum_i f_ij gM_i is the message pass of gM.
+        gy = message(gm, d, row_ptr, row, col, tab, dtab, idx, lo, inv_h, tabulated)
     if ctx.needs_input_grad[1]:
         gd = message_backward(y, gm, d, row, col, tab, dtab, idx, lo, inv_h, tabulated)
     return gy, gd, None, None, None, None, None, None, None, None, None
