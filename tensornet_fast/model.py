@@ -50,6 +50,7 @@ class TensorNetModel(nn.Module):
             raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu' or 'triton'")
         self.filter_mode = filter_mode
         self._splines: tuple | None = None
+        self._cpu_prepared: tuple | None = None  # cpu_backend.prepared(self)
         self.representation_model = RepresentationParams(config)
         self.output_model = OutputParams(config)
         priors = [PRIOR_PARAMS[spec.name](spec, config) for spec in config.priors]
