@@ -303,12 +303,12 @@ at::Tensor cpu_embed_fwd(const at::Tensor& row_ptr, const at::Tensor& rhat, cons
   return out;
 }
 
-// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F]: (dE/dd [E], dE/d(edge_vec) [E, 3]).
-//   gd[e]      = sum_k geo[e, k] sum_c f'_e[blk(k), c] Z[c] gr[i, k, c]
+// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F]: dE/d(edge_vec) [E, 3], from
+//   gd[e]      = sum_k geo[e, k] sum_c f'_e[blk(k), c] Z[c] gr[i, k, c]      (dE/dd)
 //   ggeo[e, k] = sum_c f_e[blk(k), c] Z[c] gr[i, k, c]
 //   grhat      = d(geo)/d(rhat)^T ggeo, and with rhat = v / d:
 //   dE/dv      = gd rhat + (grhat - (grhat . rhat) rhat) / d      (0 on self-loops, d = 0)
-std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
+at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
                                       const at::Tensor& dist, const at::Tensor& ztab,
                                       const at::Tensor& pair, const at::Tensor& gr,
                                       const at::Tensor& tab, const c10::optional<at::Tensor>& dtab,
@@ -321,7 +321,6 @@ std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tenso
   TORCH_CHECK(tab.size(1) == 4 || dtab.has_value(), "exact mode needs dtab");
   const int64_t n = row_ptr.size(0) - 1, nf = ztab.size(1);
   const int64_t ne = pair.size(0);
-  auto gd = at::empty({ne}, gr.options());
   auto gv = at::empty({ne, 3}, gr.options());
   TNF_DISPATCH(gr, [&](auto zero) {
     using T = decltype(zero);
@@ -332,7 +331,6 @@ std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tenso
     const T* dp = dist.data_ptr<T>();
     const T* zp = ztab.data_ptr<T>();
     const T* grp = gr.data_ptr<T>();
-    T* gdp = gd.data_ptr<T>();
     T* gvp = gv.data_ptr<T>();
     const T s2 = T(1.41421356237309504880), s6 = T(2.44948974278317809820);
     at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
@@ -360,7 +358,6 @@ std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tenso
             gg[k] = sv;
             total += g[k] * sd;
           }
-          gdp[e] = total;
           const T d = dp[e];
           T* out = gvp + e * 3;
           if (d == T(0)) {  // self-loop: no direction, no gradient
@@ -379,7 +376,7 @@ std::vector<at::Tensor> cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tenso
       }
     });
   });
-  return {gd, gv};
+  return gv;
 }
 
 
@@ -458,7 +455,7 @@ void block_gemm(const T* x, const T* w, T* out, int64_t n, int64_t nf, bool tran
 // Per-(atom, channel) algebra works on chunks of one SIMD register of channels (8 float / 4
 // double lanes, GCC vector extensions): a 3x3 tensor is 9 registers, every statement below is
 // one vector instruction per register, with no loops over a run-time length (those compiled
-// to short memcpy calls and scalar remainders: the layer passes took ~2x longer). A chunk at
+// to 64-byte memcpy calls; same-phase A/B on 64 g2 molecules: layer 3-5% faster). A chunk at
 // the end of F narrower than a register is zero-padded (zero lanes stay finite everywhere).
 template <typename T>
 struct SimdOf;
@@ -589,18 +586,18 @@ TNF_INLINE void normalise_bwd(const Chunk<T>& v, Chunk<T>& g) {
   for (int k = 0; k < 9; ++k) g[k] = g[k] * r - dot * v[k];
 }
 
+constexpr int64_t kNodeGrain = 16;  // atoms per parallel task in the node-level loops
+
 // Loop over (atom, channel chunk), in parallel over atoms; body(i, offset, len) with offset =
 // i * 9F + c0 the start of the chunk's component 0.
 template <typename T, typename Body>
 void for_chunks(int64_t n, int64_t nf, const Body& body) {
-  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       for (int64_t c0 = 0; c0 < nf; c0 += kLanes<T>)
         body(i, i * 9 * nf + c0, int(std::min<int64_t>(kLanes<T>, nf - c0)));
   });
 }
-
-constexpr int64_t kNodeGrain = 16;
 
 void check_node(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.is_contiguous() && x.dim() == 3 && x.size(1) == 9, "x must be [N, 9, F]");

@@ -309,33 +309,17 @@ class Spline:
 
 
 class TabulatedFilter:
-    def __init__(self, spline: Spline, d: Tensor, cache: dict | None = None):
-        self.spline, self.d, self.cache = spline, d, cache
+    def __init__(self, spline: Spline, g: Graph):
+        self.spline, self.g = spline, g
 
     def __call__(self, e0: int, e1: int, deriv: bool) -> tuple[Tensor, Tensor | None]:
-        return self.spline.evaluate(self.d[e0:e1], deriv)
+        return self.spline.evaluate(self.g.d[e0:e1], deriv)
 
     def kernel_args(self, deriv: bool) -> tuple:
         """(coef [n, 4, 3F], None, interval [E] (-1: zero filter), s [E], 1/h)."""
         sp = self.spline
-        k, s = self.located()
+        k, s = self.g.spline_coordinates(sp)
         return sp.coef, None, k, s, 1.0 / sp.h
-
-    def located(self) -> tuple[Tensor, Tensor]:
-        """Interval [E] (-1: zero filter) and local coordinate [E] of every edge. All filters of
-        a model share the grid (lo, h, n), so with a shared ``cache`` (``Graph.located``) this is
-        computed once per graph, not twice (forward, backward) per filter."""
-        sp = self.spline
-        key = (sp.lo, sp.h, sp.n, sp.zero_below)
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
-        k, s = sp.locate(self.d)
-        if sp.zero_below:
-            k = torch.where(self.d >= sp.lo, k, torch.full_like(k, -1))
-        out = (k.contiguous(), s.contiguous())
-        if self.cache is not None:
-            self.cache[key] = out
-        return out
 
 
 def build_splines(model, intervals: int = TABLE_INTERVALS) -> list[Spline]:
@@ -365,7 +349,19 @@ class Graph:
         safe = torch.where(self.not_self > 0, self.d, torch.ones_like(self.d))
         self.rhat = (nl.edge_vec.detach() / safe[:, None] * self.not_self[:, None]).contiguous()
         self.safe_d = safe
-        self.located: dict = {}  # spline grid -> (interval, local coordinate) per edge
+        self._located: dict = {}  # spline grid -> (interval, local coordinate) per edge
+
+    def spline_coordinates(self, spline: Spline) -> tuple[Tensor, Tensor]:
+        """Interval [E] (-1: zero filter) and local coordinate [E] of every edge on the spline's
+        grid. All filters of a model share the grid (lo, h, n), so this is computed once per
+        graph, not twice (forward, backward) per filter."""
+        key = (spline.lo, spline.h, spline.n, spline.zero_below)
+        if key not in self._located:
+            k, s = spline.locate(self.d)
+            if spline.zero_below:
+                k = torch.where(self.d >= spline.lo, k, torch.full_like(k, -1))
+            self._located[key] = (k.contiguous(), s.contiguous())
+        return self._located[key]
 
     def edge_vec_grad(self, gd: Tensor, grhat: Tensor | None) -> Tensor:
         """dE/d(edge_vec) [E, 3] from dE/dd [E] and dE/d(rhat) [E, 3]; 0 on self-loops."""
@@ -555,8 +551,7 @@ class _EmbeddingPass(torch.autograd.Function):
         # the chain rule through rhat and d to edge_vec is in the kernel
         tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
         args = (ctx.ztab, ctx.pair, gr.contiguous(), tab, dtab, idx, s, inv_h)
-        _, gv = ops.cpu_embed_bwd(g.row_ptr, g.rhat, g.d, *args)
-        return gv, None, None, None, None
+        return ops.cpu_embed_bwd(g.row_ptr, g.rhat, g.d, *args), None, None, None, None
 
 
 # ----------------------------------------------------------------------------- the model
@@ -570,10 +565,10 @@ def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
 
 
 class _Prepared:
-    """Per-model constants of the fused path, built once: detached weights, the stacked
-    [k, F, F] tensor-channel weights, and the pair tables ``emb2([emb(a); emb(b)])`` per set of
-    species seen. Rebuilt when any parameter is replaced or modified in place (its data pointer
-    or version counter changes); building them per call cost ~1 ms of the 64-g2 benchmark."""
+    """Per-model constants, built once: the stacked, detached [k, F, F] tensor-channel weights
+    of the fused path, and the pair tables ``emb2([emb(a); emb(b)])`` per set of species seen.
+    Rebuilt when any parameter is replaced or modified in place (its data pointer or version
+    counter changes); building them per call cost ~1 ms of the 64-g2 benchmark."""
 
     def __init__(self, model):
         rep = model.representation_model
@@ -615,7 +610,7 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     """One filter source per radial filter (embedding, then layers) for this graph."""
     config, rep = model.config, model.representation_model
     if model.filter_mode == "tabulated":
-        return [TabulatedFilter(s, g.d, g.located) for s in model.cpu_splines()]
+        return [TabulatedFilter(s, g) for s in model.cpu_splines()]
     d_unique, inverse = torch.unique(g.d, return_inverse=True)
     fns = [_embedding_filter_fn(rep, config)]
     fns += [_layer_filter_fn(rep, layer, config) for layer in rep.layers]
@@ -712,14 +707,9 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
     with record_function("tnf.cpu.filters"):
         filters = make_filters(model, g, deriv)
-    emb = rep.tensor_embedding
 
-    if _ext() is not None:
-        prep = prepared(model)
-        ztab, zidx, n_species = prep.pair_table(z)
-    else:
-        ztab, zidx, n_species = _pair_table(emb, z)
-        ztab = ztab.detach().contiguous()
+    prep = prepared(model)
+    ztab, zidx, n_species = prep.pair_table(z)
     pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
     raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
     if _ext() is not None:
