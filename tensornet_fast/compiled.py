@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import InputError
 from .model import TensorNetModel
-from .neighbors import box_per_molecule, radius_graph_full
+from .neighbors import box_per_molecule, radius_graph_full, reject_coincident
 from .traceable import Edges, check_traceable, energy_forces_stress, max_cutoff
 
 
@@ -78,23 +77,11 @@ class CompiledModel:
     ) -> dict[str, Tensor]:
         """``{"energy": [n_mol, 1], "forces": [N, 3]}`` (+ ``"stress"`` [n_mol, 3, 3])."""
         model = self.model
-        z, batch = model._check_inputs(z, pos, batch, q)
-        n_mol = int(batch.max()) + 1
-        if box is None:
-            box = model._default_box()
-        if stress and box is None:
-            raise InputError("stress needs a periodic box (box=... or the checkpoint's box_vecs)")
-        order = None
-        if bool((batch[1:] < batch[:-1]).any()):
-            order = torch.sort(batch, stable=True).indices
-            z, pos, batch = z[order], pos[order], batch[order]
-        charge_factor = model._charge_factor(q, batch, n_mol)
+        z, pos, batch, box, n_mol, order, charge_factor = model._prepare_call(
+            z, pos, batch, box, q, stress
+        )
         nl = radius_graph_full(pos.detach(), max_cutoff(model), batch, box, loop=True)
-        i, j = nl.edge_index
-        coincident = (nl.edge_dist == 0) & (i != j)
-        if bool(coincident.any()):
-            e = int(torch.nonzero(coincident)[0])
-            raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
+        reject_coincident(nl)
         cell = box_per_molecule(box, n_mol, pos).contiguous() if box is not None else None
         atoms_per_mol = torch.bincount(batch, minlength=n_mol)
         # No duck sizing: a molecule count of 3 must not share a symbol with the 3 of xyz

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .model import TensorNetModel
-from .neighbors import box_per_molecule, radius_graph_full
+from .neighbors import box_per_molecule, radius_graph_full, reject_coincident
 from .traceable import Edges, energy_forces_stress, max_cutoff
 
 
@@ -128,11 +128,7 @@ class MDStep:
 
     def _candidates(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         nl = radius_graph_full(pos, self.cutoff + self.skin, self.batch, self.box, loop=True)
-        i, j = nl.edge_index
-        coincident = (nl.edge_dist == 0) & (i != j)
-        if bool(coincident.any()):
-            e = int(torch.nonzero(coincident)[0])
-            raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
+        reject_coincident(nl)
         return nl.edge_index, nl.shifts
 
     def _rebuild(self, pos: Tensor) -> None:

@@ -17,7 +17,7 @@ from .backends import resolve_backend, warn_once
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .errors import CheckpointError, InputError
-from .neighbors import NeighborList, box_per_molecule, radius_graph_full
+from .neighbors import NeighborList, box_per_molecule, radius_graph_full, reject_coincident
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
 from .priors import atomref_energy, d2_pair_energies, zbl_pair_energies
 
@@ -127,6 +127,31 @@ class TensorNetModel(nn.Module):
             raise InputError("batch indices must be >= 0")
         return z, batch.long()
 
+    def _prepare_call(
+        self,
+        z: Tensor,
+        pos: Tensor,
+        batch: Tensor | None,
+        box: Tensor | None,
+        q: Tensor | None,
+        stress: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int, Tensor | None, Tensor]:
+        """Checked inputs of one call, atoms sorted by molecule: (z, pos, batch, box, n_mol,
+        order, charge_factor); ``order`` is the sorting permutation (None when already sorted),
+        ``box`` the checkpoint's default when None is given."""
+        z, batch = self._check_inputs(z, pos, batch, q)
+        n_mol = int(batch.max()) + 1
+        if box is None:
+            box = self._default_box()
+        if stress and box is None:
+            raise InputError("stress needs a periodic box (box=... or the checkpoint's box_vecs)")
+        order = None
+        if bool((batch[1:] < batch[:-1]).any()):
+            order = torch.sort(batch, stable=True).indices
+            z, pos, batch = z[order], pos[order], batch[order]
+        charge_factor = self._charge_factor(q, batch, n_mol)
+        return z, pos, batch, box, n_mol, order, charge_factor
+
     def _charge_factor(self, q: Tensor | None, batch: Tensor, n_mol: int) -> Tensor:
         """1 + 0.1 q per atom; q is the molecules' total charge, used iff the model has charge."""
         if q is not None and not self.config.charge:
@@ -159,11 +184,7 @@ class TensorNetModel(nn.Module):
         nl = radius_graph_full(
             pos, c.cutoff_upper, batch, box, loop=True, cutoff_lower=c.cutoff_lower
         )
-        i, j = nl.edge_index
-        coincident = (nl.edge_dist == 0) & (i != j)
-        if bool(coincident.any()):
-            e = int(torch.nonzero(coincident)[0])
-            raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
+        reject_coincident(nl)
         return nl
 
     def model_output(
@@ -309,19 +330,9 @@ class TensorNetModel(nn.Module):
         and the positions; needs a periodic box) and ``atom_energies`` [N] (summing to the
         energies). Arguments as in ``forward``.
         """
-        z, batch = self._check_inputs(z, pos, batch, q)
-        n_mol = int(batch.max()) + 1
-        if box is None:
-            box = self._default_box()
-        if stress and box is None:
-            raise InputError("stress needs a periodic box (box=... or the checkpoint's box_vecs)")
-        order = None
-        if bool((batch[1:] < batch[:-1]).any()):
-            order = torch.sort(batch, stable=True).indices
-            z, pos_in, batch = z[order], pos[order], batch[order]
-        else:
-            pos_in = pos
-        charge_factor = self._charge_factor(q, batch, n_mol)
+        z, pos_in, batch, box, n_mol, order, charge_factor = self._prepare_call(
+            z, pos, batch, box, q, stress
+        )
         needs_grad = forces or stress
         # Keep the autograd graph to the caller's positions when they ask for it (pos requires
         # grad, e.g. training on forces or a Hessian); otherwise return plain tensors.

@@ -391,6 +391,16 @@ def _edge_tensors(
     return edge_vec, edge_dist
 
 
+def reject_coincident(nl: NeighborList) -> None:
+    """Raise ``InputError`` when two distinct atoms sit at distance 0 (a pair the model is not
+    defined for; self-loops and an atom's own periodic images are not such pairs)."""
+    i, j = nl.edge_index
+    coincident = (nl.edge_dist == 0) & (i != j)
+    if bool(coincident.any()):
+        e = int(torch.nonzero(coincident)[0])
+        raise InputError(f"atoms {int(i[e])} and {int(j[e])} coincide (distance 0)")
+
+
 def radius_graph_full(
     pos: Tensor,
     cutoff: float,
