@@ -15,11 +15,12 @@ Levers (SPEC.md "Where the cost is"):
   for a chunk of ``EDGE_CHUNK`` edges (torch path) or in registers (C++ path, csrc/).
 * Forces: a hand-written backward for the two edge passes (embedding, messages). It contracts
   the receiver's adjoint with the sender's features into dE/dd per edge (SPEC.md "The shape of
-  the force backward"). With the compiled extension the node-level algebra ([N, 9, F], no
-  positions) has a hand-written backward too: one op per interaction layer (``_Layer``:
-  normalisation, channel-linear GEMMs, message pass, 3x3 products, residual), the embedding's
-  combine step and the squared norms; only the [N, F] LayerNorms / MLPs and the output head go
-  through autograd. Without the extension everything node-level goes through autograd.
+  the force backward"). With the compiled extension the whole model from edge_vec to the
+  atomic energies is ONE autograd node (``_FusedModel``) with a hand-written backward: the edge
+  passes, one op per interaction layer (normalisation, channel-linear GEMMs, message pass, 3x3
+  products, residual), the embedding's combine step, the squared norms, and the [N, F]
+  LayerNorms / MLPs / output head (``_Dense``, ``_LayerNorm``: aten's own backward formulas).
+  Without the extension everything node-level goes through autograd.
 * Exact filters: value and d-derivative propagated together through the filter MLP
   (``_fused_filter_eval``); the RBF and cutoff derivatives are written out.
 
@@ -33,7 +34,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
@@ -564,6 +565,66 @@ def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
     return F.linear(both, emb.emb2.weight, emb.emb2.bias), zidx, s
 
 
+# Backward of each activation given (dE/d(out), pre-activation, out), as aten computes it.
+_ACTIVATION_BACKWARD = {
+    "silu": lambda g, pre, out: torch.ops.aten.silu_backward(g, pre),
+    "swish": lambda g, pre, out: torch.ops.aten.silu_backward(g, pre),
+    "ssp": lambda g, pre, out: torch.ops.aten.softplus_backward(g, pre, 1.0, 20.0),
+    "tanh": lambda g, pre, out: torch.ops.aten.tanh_backward(g, out),
+    "sigmoid": lambda g, pre, out: torch.ops.aten.sigmoid_backward(g, out),
+    "mish": lambda g, pre, out: torch.ops.aten.mish_backward(g, pre),
+}
+
+
+class _Dense:
+    """Linear layers (each optionally followed by the activation) on rows [N, k], detached
+    weights, with a hand-written input backward: the fused path's MLPs without autograd nodes."""
+
+    def __init__(self, layers: list, activation: str):
+        self.layers = [
+            (lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), act)
+            for lin, act in layers
+        ]
+        self.act = ACTIVATION_FUNCTIONS[activation]
+        self.act_backward = _ACTIVATION_BACKWARD[activation]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list]:
+        tape = []
+        for w, b, act in self.layers:
+            pre = F.linear(x, w, b)
+            x = self.act(pre) if act else pre
+            # nothing kept after a plain linear: the last one's output is the Function's
+            # output, and keeping it here would make a reference cycle through its grad_fn
+            tape.append((pre, x) if act else None)
+        return x, tape
+
+    def backward(self, g: Tensor, tape: list) -> Tensor:
+        for (w, _, act), kept in zip(reversed(self.layers), reversed(tape)):
+            if act:
+                g = self.act_backward(g, *kept)
+            g = g @ w
+        return g
+
+
+class _LayerNorm:
+    """nn.LayerNorm's forward with its (mean, rstd) kept, and its input backward."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        self.shape = list(norm.normalized_shape)
+        self.w, self.b, self.eps = norm.weight.detach(), norm.bias.detach(), norm.eps
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple]:
+        out, mean, rstd = torch.native_layer_norm(x, self.shape, self.w, self.b, self.eps)
+        return out, (x, mean, rstd)
+
+    def backward(self, g: Tensor, tape: tuple) -> Tensor:
+        x, mean, rstd = tape
+        mask = [True, False, False]
+        return torch.ops.aten.native_layer_norm_backward(
+            g, x, self.shape, mean, rstd, self.w, self.b, mask
+        )[0]
+
+
 class _Prepared:
     """Per-model constants, built once: the stacked, detached [k, F, F] tensor-channel weights
     of the fused path, and the pair tables ``emb2([emb(a); emb(b)])`` per set of species seen.
@@ -580,6 +641,15 @@ class _Prepared:
         ]
         self.emb = emb
         self.pair_tables: dict = {}
+        act = model.config.activation
+        self.init_norm = _LayerNorm(emb.init_norm)
+        self.emb_mlp = _Dense([(lin, True) for lin in emb.linears_scalar], act)
+        self.out_norm = _LayerNorm(rep.out_norm)
+        head = [m for m in model.output_model.output_network.layers if isinstance(m, nn.Linear)]
+        self.head = _Dense(
+            [(rep.linear, True)] + [(lin, True) for lin in head[:-1]] + [(head[-1], False)], act
+        )
+        self.o3 = model.config.equivariance_invariance_group == "O(3)"
 
     @staticmethod
     def key(model) -> tuple:
@@ -619,84 +689,72 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     return [ExactFilter(fn, d_unique, inverse, deriv, ev) for fn, ev in zip(fns, evals)]
 
 
-class _Layer(torch.autograd.Function):
-    """One interaction layer, fused (csrc/cpu_tensornet.cpp cpu_layer_fwd/bwd): normalisation,
-    channel linears (GEMMs on the [N, F] component slices), message pass, 3x3 products,
-    residual, with a hand-written backward. No weight gradients (inference only)."""
+class _FusedModel(torch.autograd.Function):
+    """edge_vec [E, 3] -> epsilon_i [N, 1] with the compiled kernels (csrc/cpu_tensornet.cpp):
+    embedding pass, combine, every interaction layer (normalisation, channel-linear GEMMs,
+    message pass, 3x3 products, residual), squared norms and the output head, with ONE
+    hand-written backward to dE/d(edge_vec). One autograd node instead of ~40: on 64 g2
+    molecules (453 atoms) the autograd engine and the per-op Python of the small [N, F] MLPs
+    cost ~3 ms of a ~28 ms call. Weights enter detached (inference: positions get gradients,
+    parameters do not; training mode runs the reference backend)."""
 
     @staticmethod
-    @record_function("tnf.cpu.layer_fwd")
-    def forward(ctx, x, edge_vec, w, q, o3, g, filt):
-        tab, _, idx, s, inv_h = filt.kernel_args(False)
-        out, y, m, dx = _ext().cpu_layer_fwd(
-            x.contiguous(), w, q, o3, g.row_ptr, g.j, tab, idx, s, inv_h
-        )
-        ctx.save_for_backward(x, y, m, dx, w, q)
-        ctx.o3, ctx.g, ctx.filt = o3, g, filt
-        return out
-
-    @staticmethod
-    @once_differentiable
-    @record_function("tnf.cpu.layer_bwd")
-    def backward(ctx, go):
-        x, y, m, dx, w, q = ctx.saved_tensors
-        tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
-        g = ctx.g
-        gx, gd = _ext().cpu_layer_bwd(
-            go.contiguous(),
-            x.contiguous(),
-            y,
-            m,
-            dx,
-            w,
-            q,
-            ctx.o3,
-            g.row_ptr,
-            g.j,
-            tab,
-            dtab,
-            idx,
-            s,
-            inv_h,
-        )
-        gv = g.edge_vec_grad(gd, None) if ctx.needs_input_grad[1] else None
-        return gx, gv, None, None, None, None, None
-
-
-class _EmbedCombine(torch.autograd.Function):
-    """X = (W_blk R_k) * n_blk per component (embedding step 5), fused; no weight gradients."""
-
-    @staticmethod
-    @record_function("tnf.cpu.embed_combine_fwd")
-    def forward(ctx, raw, norm, w):
-        norm = norm.contiguous()
-        x, p = _ext().cpu_embed_combine_fwd(raw.contiguous(), norm, w)
-        ctx.save_for_backward(p, norm, w)
-        return x
+    def forward(ctx, edge_vec, prep, g, filters, ztab, pair, q):
+        ops = _ext()
+        with record_function("tnf.cpu.embedding_fwd"):
+            tab, _, idx, s, inv_h = filters[0].kernel_args(False)
+            raw = ops.cpu_embed_fwd(g.row_ptr, g.rhat, ztab, pair, tab, idx, s, inv_h)
+        with record_function("tnf.cpu.embed_combine_fwd"):
+            sq, ln_tape = prep.init_norm.forward(ops.cpu_sq_norms(raw, False))
+            norm, mlp_tape = prep.emb_mlp.forward(sq)
+            norm = norm.contiguous()
+            x, p = ops.cpu_embed_combine_fwd(raw, norm, prep.w_emb)  # [N, 9, F]
+        layers = []
+        for w, filt in zip(prep.w_layers, filters[1:]):  # w [6, F, F]
+            with record_function("tnf.cpu.layer_fwd"):
+                tab, _, idx, s, inv_h = filt.kernel_args(False)
+                out, y, m, dx = ops.cpu_layer_fwd(
+                    x, w, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
+                )
+            layers.append((x, y, m, dx))
+            x = out
+        with record_function("tnf.cpu.head_fwd"):
+            feats = ops.cpu_sq_norms(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
+            h, out_ln_tape = prep.out_norm.forward(feats)
+            eps, head_tape = prep.head.forward(h)
+        ctx.prep, ctx.g, ctx.filters, ctx.ztab, ctx.pair, ctx.q = prep, g, filters, ztab, pair, q
+        ctx.tapes = (raw, ln_tape, mlp_tape, norm, p, layers, x, out_ln_tape, head_tape)
+        return eps
 
     @staticmethod
     @once_differentiable
-    @record_function("tnf.cpu.embed_combine_bwd")
-    def backward(ctx, gx):
-        p, norm, w = ctx.saved_tensors
-        graw, gnorm = _ext().cpu_embed_combine_bwd(gx.contiguous(), p, norm, w)
-        return graw, gnorm, None
-
-
-class _SqNorms(torch.autograd.Function):
-    """[N, 9, F] -> ||X||^2 [N, F] (blocks=False) or (3I^2 | ||A||^2 | ||S||^2) [N, 3F]."""
-
-    @staticmethod
-    def forward(ctx, x, blocks):
-        x = x.contiguous()
-        ctx.save_for_backward(x)
-        return _ext().cpu_sq_norms(x, blocks)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return _ext().cpu_sq_norms_bwd(x, g.contiguous()), None
+    def backward(ctx, g_eps):
+        ops, prep, g, filters, q = _ext(), ctx.prep, ctx.g, ctx.filters, ctx.q
+        raw, ln_tape, mlp_tape, norm, p, layers, x, out_ln_tape, head_tape = ctx.tapes
+        with record_function("tnf.cpu.head_bwd"):
+            gh = prep.head.backward(g_eps, head_tape)
+            gx = ops.cpu_sq_norms_bwd(x, prep.out_norm.backward(gh, out_ln_tape).contiguous())
+        gd = None  # dE/dd [E] summed over the layers
+        for w, filt, saved in reversed(list(zip(prep.w_layers, filters[1:], layers))):
+            with record_function("tnf.cpu.layer_bwd"):
+                tab, dtab, idx, s, inv_h = filt.kernel_args(True)
+                gx, gd_layer = ops.cpu_layer_bwd(
+                    gx, *saved, w, q, prep.o3, g.row_ptr, g.j, tab, dtab, idx, s, inv_h
+                )
+            gd = gd_layer if gd is None else gd.add_(gd_layer)
+        with record_function("tnf.cpu.embed_combine_bwd"):
+            graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb)
+            gsq = prep.init_norm.backward(prep.emb_mlp.backward(gnorm, mlp_tape), ln_tape)
+            graw.add_(ops.cpu_sq_norms_bwd(raw, gsq.contiguous()))
+        with record_function("tnf.cpu.embedding_bwd"):
+            # the chain rule through rhat and d to edge_vec is in the kernel
+            tab, dtab, idx, s, inv_h = filters[0].kernel_args(True)
+            gv = ops.cpu_embed_bwd(
+                g.row_ptr, g.rhat, g.d, ctx.ztab, ctx.pair, graw, tab, dtab, idx, s, inv_h
+            )
+            if gd is not None:
+                gv.add_(g.edge_vec_grad(gd, None))
+        return gv, None, None, None, None, None, None
 
 
 def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
@@ -711,9 +769,10 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     prep = prepared(model)
     ztab, zidx, n_species = prep.pair_table(z)
     pair = (zidx[g.i] * n_species + zidx[g.j]).contiguous()  # [E] row of ztab
-    raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
     if _ext() is not None:
-        return _fused_node_path(model, prep, raw, nl, g, filters[1:], charge_factor)
+        q = charge_factor.detach().to(nl.edge_vec.dtype).contiguous()
+        return _FusedModel.apply(nl.edge_vec, prep, g, filters, ztab, pair, q)
+    raw = _EmbeddingPass.apply(nl.edge_vec, g, filters[0], ztab, pair)  # [N, 9, F]
     x = embedding_combine(rep, config, raw)  # [N, 9, F]
 
     q3 = charge_factor[:, None, None]  # [N, 1, 1]
@@ -757,36 +816,4 @@ def output_energies(model, x: Tensor) -> Tensor:
     f3 = 3 * config.embedding_dimension
     feats = F.layer_norm(feats, (f3,), rep.out_norm.weight, rep.out_norm.bias)
     h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
-    return scalar_head(model.output_model.output_network.layers, config, h)
-
-
-def _fused_node_path(
-    model, prep: _Prepared, raw: Tensor, nl, g: Graph, filters: list, charge_factor: Tensor
-):
-    """Everything after the embedding edge pass with the compiled node kernels: the same
-    numbers as the autograd path in ``atomic_energies`` (to float rounding), a handful of ops
-    per layer instead of ~50. Weights enter detached (inference only: positions get gradients,
-    parameters do not; training mode runs the reference backend)."""
-    config, rep = model.config, model.representation_model
-    act = ACTIVATION_FUNCTIONS[config.activation]
-    f_dim = config.embedding_dimension
-    emb = rep.tensor_embedding
-    norm = F.layer_norm(
-        _SqNorms.apply(raw, False),
-        (f_dim,),
-        emb.init_norm.weight.detach(),
-        emb.init_norm.bias.detach(),
-    )
-    for lin in emb.linears_scalar:
-        norm = act(F.linear(norm, lin.weight.detach(), lin.bias.detach()))
-    x = _EmbedCombine.apply(raw, norm, prep.w_emb)  # [N, 9, F]; w_emb [3, F, F]
-    q = charge_factor.detach().to(x.dtype).contiguous()
-    o3 = config.equivariance_invariance_group == "O(3)"
-    for w, filt in zip(prep.w_layers, filters):  # w [6, F, F]
-        x = _Layer.apply(x, nl.edge_vec, w, q, o3, g, filt)
-    feats = _SqNorms.apply(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
-    feats = F.layer_norm(
-        feats, (3 * f_dim,), rep.out_norm.weight.detach(), rep.out_norm.bias.detach()
-    )
-    h = act(F.linear(feats, rep.linear.weight.detach(), rep.linear.bias.detach()))
     return scalar_head(model.output_model.output_network.layers, config, h)
