@@ -287,7 +287,7 @@ def plot_cpu_backend(rows: list[dict], device: str, path: str) -> bool:
     ax.set_ylabel("µs per atom-step (energy + forces, whole call)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("ns/atom/step sweep (2L F=128 K=32, fp32)", fontsize=9)
+    ax.set_title("time per atom and step vs size (2L F=128 K=32, fp32)", fontsize=9)
     groups = sorted({(r["system"], r["implementation"]) for r in prof})
     stages: list[str] = []
     for r in prof:
