@@ -48,6 +48,10 @@ def check_traceable(model, what: str) -> None:
             "traced. Load the model with backend='reference' (torch.compile / CUDA graphs then "
             "fuse the reference math themselves) or backend='triton' (CUDA)."
         )
+    if model.backend == "triton":
+        # Import the kernel modules now, not inside the trace: the lazy import fills a module
+        # global that Dynamo guards on, and the second call of a compiled model recompiled.
+        triton_backend.load_kernels()
 
 
 @dataclasses.dataclass

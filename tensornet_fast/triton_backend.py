@@ -45,7 +45,7 @@ from .cpu_backend import (
 _MODULES: dict = {}
 
 
-def _kernels():
+def load_kernels():
     """The kernel modules, imported on first use (importing Triton costs ~1 s)."""
     if not _MODULES:
         from .kernels import edge_passes, radial_filter, tensor_products
@@ -76,7 +76,7 @@ def _model_cache(model, key: tuple, build):
 def filter_weights(model) -> list:
     """Padded filter parameters per radial filter (embedding first, then each layer)."""
     rep, config = model.representation_model, model.config
-    fw = _kernels()["filt"].FilterWeights
+    fw = load_kernels()["filt"].FilterWeights
     return _model_cache(
         model,
         ("weights", model.dtype, model.device),
@@ -123,7 +123,7 @@ class _Filters:
         else:
             # d_ij == d_ji bitwise, so the distinct distances are at most one per unordered pair.
             d_unique, inverse = torch.unique(d, return_inverse=True)
-        radial_filter = _kernels()["filt"].radial_filter
+        radial_filter = load_kernels()["filt"].radial_filter
         lo = float(model.config.cutoff_lower)
         for w in filter_weights(model):
             tab, dtab = radial_filter(d_unique, w, deriv)
@@ -147,7 +147,7 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
     on input shapes (filters per edge instead of per distinct distance, the element-pair table
     over every element instead of the species present). Same numbers either way."""
     static = static or torch.compiler.is_compiling()
-    k = _kernels()
+    k = load_kernels()
     edges, prod = k["edges"], k["prod"]
     config: ModelConfig = model.config
     rep = model.representation_model
