@@ -745,7 +745,7 @@ class _FusedModel(torch.autograd.Function):
         with record_function("tnf.cpu.embed_combine_bwd"):
             graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb)
             gsq = prep.init_norm.backward(prep.emb_mlp.backward(gnorm, mlp_tape), ln_tape)
-            graw.add_(ops.cpu_sq_norms_bwd(raw, gsq.contiguous()))
+            graw.addcmul_(raw, gsq[:, None, :], value=2.0)  # d(sum_k raw_k^2) = 2 raw
         with record_function("tnf.cpu.embedding_bwd"):
             # the chain rule through rhat and d to edge_vec is in the kernel
             tab, dtab, idx, s, inv_h = filters[0].kernel_args(True)
