@@ -196,6 +196,9 @@ def _run(args: list[str], timeout: float = 1800) -> dict:
     # shared, oversubscribed machine spinning cost our op-heavy node-level path 2x (measured
     # 1.2-1.7 s vs 0.6 s per water7 step); set OMP_WAIT_POLICY yourself to override.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # importing tensornet_fast sets this default (huge pages for fresh tensors >= 2 MB); the
+    # same for torchmd-net, whose per-edge tensors are fresh memory too
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
@@ -254,7 +257,9 @@ def main(argv=None) -> int:
     # this shared machine.
     repeats = 2 if args.tiny else 15
     rows = []
-    wait_policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    process_env = "OMP_WAIT_POLICY={}; THP_MEM_ALLOC_ENABLE={}".format(
+        os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
+    )
 
     def row(impl, system, res, mode="total", notes=""):
         base = dict(
@@ -283,7 +288,7 @@ def main(argv=None) -> int:
             threads=res.get("threads", env["threads"]),
             ns_per_atom=res["median_s"] / n * 1e9,
             peak_mem_mb=res.get("peak_mem_mb", ""),
-            notes=f"{model_desc}; OMP_WAIT_POLICY={wait_policy}; {notes}",
+            notes=f"{model_desc}; {process_env}; {notes}",
         )
 
     results: dict = {}

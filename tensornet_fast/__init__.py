@@ -12,6 +12,12 @@ if "torch" not in _sys.modules:
     # 2 threads and 0.10 s with 1; with passive waiting, 0.16 s. Only a default: an explicit
     # OMP_WAIT_POLICY wins, and it takes effect only if torch is not imported yet.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's CPU allocator backs tensors of >= 2 MB with transparent huge pages when this is set
+# (read at the process's first such allocation): first touch of fresh memory then faults once
+# per 2 MB instead of per 4 KB. Filling two fresh 42 MB filter tables took 34 ms without, 9 ms
+# with (5 ms reused); exact-filter water (1029 atoms) 567 -> 448 ms per call, tabulated water
+# (10k atoms) 1.57 -> 1.25 s. Only a default: an explicit THP_MEM_ALLOC_ENABLE wins.
+_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .backends import available_backends, resolve_backend  # noqa: E402
 from .checkpoint import load_checkpoint  # noqa: E402
