@@ -202,11 +202,13 @@ def _fused_filter_eval(rep, config: ModelConfig, layer=None):
     else:
         lins = [(lin.weight.detach(), lin.bias.detach(), True) for lin in layer.linears_scalar]
 
-    # compiled value+tangent activation where there is one (csrc: cpu_act_jvp_)
+    # compiled value+tangent activation where there is one (csrc: cpu_bias_act_jvp_ for
+    # SiLU and sigmoid, cpu_act_jvp_ for tanh)
     act_id = {"silu": 0, "swish": 0, "tanh": 1, "sigmoid": 2}.get(config.activation)
 
     def run(d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
         ops = _ext()
+        fused_act = ops is not None and act_id in (0, 2) and hasattr(ops, "cpu_bias_act_jvp_")
         width = lins[-1][0].shape[0]
         val = torch.empty(d.shape[0], width, dtype=d.dtype)
         der = torch.empty(d.shape[0], width, dtype=d.dtype) if deriv else None
@@ -219,6 +221,11 @@ def _fused_filter_eval(rep, config: ModelConfig, layer=None):
                     h = radial_basis(rep, config, dc)
                     phi = cosine_cutoff(dc, config.cutoff_lower, config.cutoff_upper)[:, None]
                 for wi, bi, activate in lins:
+                    if deriv and activate and fused_act:
+                        # bias, activation and tangent in one pass (csrc: cpu_bias_act_jvp_)
+                        h, th = h @ wi.t(), th @ wi.t()
+                        ops.cpu_bias_act_jvp_(h, th, bi, act_id)  # in place
+                        continue
                     a = F.linear(h, wi, bi)
                     if deriv:
                         ta = th @ wi.t()
