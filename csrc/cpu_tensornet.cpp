@@ -929,30 +929,10 @@ void cpu_act_jvp_(at::Tensor& a, at::Tensor& ta, const at::Tensor& g, int64_t ac
   });
 }
 
-// exp(x) for float in straight-line arithmetic, so `omp simd` loops vectorise it (std::exp
-// calls libm per lane): Cody-Waite reduction by ln2 and Cephes' degree-6 polynomial, ~1 ulp on
-// [-87.3, 88.7] (clamped outside; exp(-87.3) = 1.2e-38). Doubles use std::exp (the float64
-// path is the accuracy reference, not the fast path).
-inline float exp_arith(float x) {
-  x = std::min(std::max(x, -87.3365f), 88.7228f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-inline double exp_arith(double x) { return std::exp(x); }
-// The same on one register of floats (GCC vector extensions; `omp simd` did not vectorise the
-// scalar form: the floor and the int <-> float bit cast kept it scalar).
+// exp(x) on one register of floats in straight-line arithmetic (std::exp is a libm call per
+// lane; an `omp simd` loop over a scalar form of this stayed scalar): Cody-Waite reduction by
+// ln2 and Cephes' degree-6 polynomial, ~1 ulp on [-87.3, 88.7] (clamped outside; exp(-87.3) =
+// 1.2e-38). Doubles use std::exp (the float64 path is the accuracy reference, not the fast path).
 inline Vec<float> exp_arith(Vec<float> x) {
   typedef int32_t VecI __attribute__((vector_size(32)));
   x = x < -87.3365f ? Vec<float>{} - 87.3365f : x;
@@ -972,6 +952,8 @@ inline Vec<float> exp_arith(Vec<float> x) {
   const VecI bits = (__builtin_convertvector(n, VecI) + 127) << 23;
   return p * reinterpret_cast<const Vec<float>&>(bits);
 }
+inline float exp_arith(float x) { return exp_arith(Vec<float>{} + x)[0]; }  // row tails
+inline double exp_arith(double x) { return std::exp(x); }
 inline Vec<double> exp_arith(Vec<double> x) {
   for (int c = 0; c < kLanes<double>; ++c) x[c] = std::exp(x[c]);
   return x;

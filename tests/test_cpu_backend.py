@@ -205,3 +205,26 @@ def test_training_mode_uses_reference_math(ckpts):
     w = model.representation_model.layers[0].linears_scalar[0].weight
     assert w.grad is not None and w.grad.abs().max() > 0
     assert_close(y, y_eval, torch.float64, "energy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [7, 13, 24])  # a row tail only, tail + registers, registers
+@pytest.mark.parametrize("act", [0, 2])  # SiLU, sigmoid
+def test_bias_act_jvp_kernel(act, width, dtype):
+    """The exact filters' fused epilogue (bias, activation, tangent; its own vectorised exp for
+    float32) against torch's activation and forward-mode AD in float64, over +-100."""
+    ops = cpu_backend._ext()
+    if ops is None:
+        pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
+    gen = torch.Generator().manual_seed(width + act)
+    a = torch.randn(37, width, generator=gen, dtype=dtype) * 30
+    a[0, 0], a[-1, -1] = -100.0, 100.0  # the exp's clamped range
+    tangent = torch.randn(37, width, generator=gen, dtype=dtype)
+    bias = torch.randn(width, generator=gen, dtype=dtype)
+    fn = torch.nn.functional.silu if act == 0 else torch.sigmoid
+    ref, ref_t = torch.func.jvp(fn, ((a + bias).double(),), (tangent.double(),))
+    h, th = a.clone(), tangent.clone()
+    ops.cpu_bias_act_jvp_(h, th, bias, act)
+    bound = 1e-6 if dtype == torch.float32 else 1e-14
+    assert ((h.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max() < bound
+    assert (th.double() - ref_t).abs().max() / ref_t.abs().max() < 2 * bound
