@@ -96,6 +96,30 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64).to(b.dtype))
 
 
+# torchmd-net's priors take lengths and energies in SI: Angstrom and eV
+PRIOR_UNITS = dict(distance_scale=1e-10, energy_scale=1.602176634e-19)
+
+
+def pair_prior(name: str, cutoff: float, max_neighbors: int) -> dict:
+    """A "ZBL" or "D2" entry of the ``prior_model`` hyper-parameter (elements 0..19)."""
+    return {
+        name: dict(
+            cutoff_distance=cutoff,
+            max_num_neighbors=max_neighbors,
+            atomic_number=list(range(20)),
+            **PRIOR_UNITS,
+        )
+    }
+
+
+def make_small_checkpoint(path: str | os.PathLike, seed: int, **hparams) -> str:
+    """The small but complete model of the integration tests (calculator, MD, compile, export):
+    F=16, K=8, r_c=4 A and a ZBL prior; ``hparams`` override."""
+    zbl = pair_prior("ZBL", 2.0, 32)
+    small = dict(embedding_dimension=16, num_rbf=8, cutoff_upper=4.0, prior_model=[zbl])
+    return make_checkpoint(path, seed=seed, **{**small, **hparams})
+
+
 def make_checkpoint(path: str | os.PathLike, seed: int = 0, mean=None, std=None, **hparams) -> str:
     """Write a Lightning-style ``.ckpt`` for a random TensorNet built by torchmd-net itself."""
     args = copy.deepcopy(BASE_HPARAMS)

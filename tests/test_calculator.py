@@ -9,7 +9,7 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
-from oracle import make_checkpoint
+from oracle import make_small_checkpoint
 from systems import water_box
 
 import tensornet_fast as tnf
@@ -18,24 +18,10 @@ from tensornet_fast.calculator import TensorNetCalculator
 
 @pytest.fixture(scope="module")
 def ckpt64(tmp_path_factory):
-    return make_checkpoint(
+    return make_small_checkpoint(
         tmp_path_factory.mktemp("calc") / "c.ckpt",
         seed=31,
         precision=64,
-        embedding_dimension=16,
-        num_rbf=8,
-        cutoff_upper=4.0,
-        prior_model=[
-            {
-                "ZBL": dict(
-                    cutoff_distance=2.0,
-                    max_num_neighbors=32,
-                    atomic_number=list(range(20)),
-                    distance_scale=1e-10,
-                    energy_scale=1.602176634e-19,
-                )
-            }
-        ],
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import make_checkpoint
+from oracle import make_small_checkpoint
 from systems import molecule_batch, water_box
 from tolerances import assert_close
 
@@ -17,25 +17,11 @@ from tensornet_fast.traceable import TRACEABLE_BACKENDS, NotTraceable
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return make_checkpoint(
+    return make_small_checkpoint(
         tmp_path_factory.mktemp("compiled") / "m.ckpt",
         seed=8,
         precision=64,
-        embedding_dimension=16,
-        num_rbf=8,
         num_layers=1,
-        cutoff_upper=4.0,
-        prior_model=[
-            {
-                "ZBL": dict(
-                    cutoff_distance=2.0,
-                    max_num_neighbors=32,
-                    atomic_number=list(range(20)),
-                    distance_scale=1e-10,
-                    energy_scale=1.602176634e-19,
-                )
-            }
-        ],
     )
 
 

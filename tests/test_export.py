@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import molecule
-from oracle import make_checkpoint
+from oracle import make_small_checkpoint
 from systems import water_box
 from tolerances import assert_close
 
@@ -25,29 +25,12 @@ from tensornet_fast.traceable import dense_edges
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(ROOT, "examples", "cpp")
-ZBL = {
-    "ZBL": dict(
-        cutoff_distance=2.0,
-        max_num_neighbors=32,
-        atomic_number=list(range(20)),
-        distance_scale=1e-10,
-        energy_scale=1.602176634e-19,
-    )
-}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     # Small but complete: 1 layer, a ZBL prior (pair priors are part of the graph), float32.
-    return make_checkpoint(
-        tmp_path_factory.mktemp("export") / "m.ckpt",
-        seed=5,
-        embedding_dimension=16,
-        num_rbf=8,
-        num_layers=1,
-        cutoff_upper=4.0,
-        prior_model=[ZBL],
-    )
+    return make_small_checkpoint(tmp_path_factory.mktemp("export") / "m.ckpt", seed=5, num_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import make_checkpoint
+from oracle import make_checkpoint, make_small_checkpoint, pair_prior
 from systems import molecule_batch, water_box
 from tolerances import assert_close
 
@@ -16,24 +16,10 @@ from tensornet_fast.md import CapacityError, MDStep
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return make_checkpoint(
+    return make_small_checkpoint(
         tmp_path_factory.mktemp("md") / "m.ckpt",
         seed=21,
         precision=64,
-        embedding_dimension=16,
-        num_rbf=8,
-        cutoff_upper=4.0,
-        prior_model=[
-            {
-                "ZBL": dict(
-                    cutoff_distance=2.0,
-                    max_num_neighbors=32,
-                    atomic_number=list(range(20)),
-                    distance_scale=1e-10,
-                    energy_scale=1.602176634e-19,
-                )
-            }
-        ],
     )
 
 
@@ -188,30 +174,10 @@ def test_md_example_conserves_energy():
     assert max(e_tot) - min(e_tot) < 0.1 * (max(e_pot) - min(e_pot))
 
 
-PRIOR_SCALES = dict(distance_scale=1e-10, energy_scale=1.602176634e-19)
 VARIANTS = {
     # D2's cutoff (8) exceeds the network's (5): the candidate list follows the largest cutoff,
     # and D2 takes only the zero-shift pairs under a box (torchmd-net 3.1 ignores images).
-    "zbl_d2": {
-        "prior_model": [
-            {
-                "ZBL": dict(
-                    cutoff_distance=3.0,
-                    max_num_neighbors=64,
-                    atomic_number=list(range(20)),
-                    **PRIOR_SCALES,
-                )
-            },
-            {
-                "D2": dict(
-                    cutoff_distance=8.0,
-                    max_num_neighbors=128,
-                    atomic_number=list(range(20)),
-                    **PRIOR_SCALES,
-                )
-            },
-        ]
-    },
+    "zbl_d2": {"prior_model": [pair_prior("ZBL", 3.0, 64), pair_prior("D2", 8.0, 128)]},
     "lower_cutoff_so3": {
         "cutoff_lower": 0.9,
         "cutoff_upper": 4.5,

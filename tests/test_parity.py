@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import load_oracle, make_checkpoint, oracle_energy_forces
+from oracle import load_oracle, make_checkpoint, oracle_energy_forces, pair_prior
 from systems import molecule_batch, water_box
 from tolerances import assert_close
 
 import tensornet_fast as tnf
 
-EV = 1.602176634e-19
-PRIOR_SCALES = dict(distance_scale=1e-10, energy_scale=EV)
-ZBL = {
-    "ZBL": dict(
-        cutoff_distance=3.0, max_num_neighbors=64, atomic_number=list(range(20)), **PRIOR_SCALES
-    )
-}
-D2 = {
-    "D2": dict(
-        cutoff_distance=8.0, max_num_neighbors=128, atomic_number=list(range(20)), **PRIOR_SCALES
-    )
-}
+ZBL = pair_prior("ZBL", 3.0, 64)
+D2 = pair_prior("D2", 8.0, 128)
 
 # name -> hyper-parameter overrides of tests/oracle.BASE_HPARAMS (F=32, K=16, 2 layers, r_c=5)
 CASES = {
