@@ -481,11 +481,8 @@ struct Chunk {
   const Vec<T>& operator[](int k) const { return v[k]; }
 };
 
-// the helpers below must inline into the per-chunk bodies (GCC kept to_full out of line)
-#define TNF_INLINE inline
-
 template <typename T>
-TNF_INLINE Vec<T> vload(const T* p, int len) {
+inline Vec<T> vload(const T* p, int len) {
   Vec<T> v = Vec<T>{};
   if (len == kLanes<T>)
     std::memcpy(&v, p, sizeof(v));
@@ -494,7 +491,7 @@ TNF_INLINE Vec<T> vload(const T* p, int len) {
   return v;
 }
 template <typename T>
-TNF_INLINE void vstore(T* p, const Vec<T>& v, int len) {
+inline void vstore(T* p, const Vec<T>& v, int len) {
   if (len == kLanes<T>)
     std::memcpy(p, &v, sizeof(v));
   else
@@ -502,18 +499,18 @@ TNF_INLINE void vstore(T* p, const Vec<T>& v, int len) {
 }
 
 template <typename T>
-TNF_INLINE void load9(const T* p, int64_t nf, int len, Chunk<T>& v) {
+inline void load9(const T* p, int64_t nf, int len, Chunk<T>& v) {
   for (int k = 0; k < 9; ++k) v[k] = vload(p + k * nf, len);
 }
 template <typename T>
-TNF_INLINE void store9(T* p, int64_t nf, int len, const Chunk<T>& v) {
+inline void store9(T* p, int64_t nf, int len, const Chunk<T>& v) {
   for (int k = 0; k < 9; ++k) vstore(p + k * nf, v[k], len);
 }
 
 // 9 coefficients <-> full 3x3 (row-major m[3 r + c]); the map is orthogonal, so from_full is
 // also the adjoint of to_full (gradients transform the same way).
 template <typename T>
-TNF_INLINE void to_full(const Chunk<T>& x, Chunk<T>& m) {
+inline void to_full(const Chunk<T>& x, Chunk<T>& m) {
   const T a = T(0.57735026918962576451), b = T(0.70710678118654752440),
           d = T(0.40824829046386301637);
   m[0] = a * x[0] + b * x[7] + d * x[8];
@@ -528,7 +525,7 @@ TNF_INLINE void to_full(const Chunk<T>& x, Chunk<T>& m) {
 }
 
 template <typename T>
-TNF_INLINE void from_full(const Chunk<T>& m, Chunk<T>& x) {
+inline void from_full(const Chunk<T>& m, Chunk<T>& x) {
   const T a = T(0.57735026918962576451), b = T(0.70710678118654752440),
           d = T(0.40824829046386301637);
   x[0] = a * (m[0] + m[4] + m[8]);
@@ -544,7 +541,7 @@ TNF_INLINE void from_full(const Chunk<T>& m, Chunk<T>& x) {
 
 // c = op(a) op(b) per channel (ta: a^T, tb: b^T), full 3x3
 template <typename T, bool ta, bool tb>
-TNF_INLINE void mm3(const Chunk<T>& a, const Chunk<T>& b, Chunk<T>& c) {
+inline void mm3(const Chunk<T>& a, const Chunk<T>& b, Chunk<T>& c) {
   for (int r = 0; r < 3; ++r)
     for (int q = 0; q < 3; ++q) {
       const int a0 = ta ? r : r * 3, a1 = ta ? 3 + r : r * 3 + 1, a2 = ta ? 6 + r : r * 3 + 2;
@@ -555,7 +552,7 @@ TNF_INLINE void mm3(const Chunk<T>& a, const Chunk<T>& b, Chunk<T>& c) {
 
 // B (before normalisation) from Y and M in full form: O(3): q (MY + YM); SO(3): 2 YM.
 template <typename T>
-TNF_INLINE void layer_product(const Chunk<T>& yf, const Chunk<T>& mf, T qf, bool o3, Chunk<T>& bf) {
+inline void layer_product(const Chunk<T>& yf, const Chunk<T>& mf, T qf, bool o3, Chunk<T>& bf) {
   mm3<T, false, false>(yf, mf, bf);
   if (o3) {
     Chunk<T> t;
@@ -568,7 +565,7 @@ TNF_INLINE void layer_product(const Chunk<T>& yf, const Chunk<T>& mf, T qf, bool
 
 // v / (|v|^2 + 1) in place
 template <typename T>
-TNF_INLINE void normalise(Chunk<T>& v) {
+inline void normalise(Chunk<T>& v) {
   Vec<T> r = Vec<T>{} + T(1);
   for (int k = 0; k < 9; ++k) r += v[k] * v[k];
   r = T(1) / r;
@@ -577,7 +574,7 @@ TNF_INLINE void normalise(Chunk<T>& v) {
 
 // Backward of v / (|v|^2 + 1): g <- g r - 2 r^2 <g, v> v (in place on g).
 template <typename T>
-TNF_INLINE void normalise_bwd(const Chunk<T>& v, Chunk<T>& g) {
+inline void normalise_bwd(const Chunk<T>& v, Chunk<T>& g) {
   Vec<T> r = Vec<T>{} + T(1), dot = Vec<T>{};
   for (int k = 0; k < 9; ++k) {
     r += v[k] * v[k];
@@ -888,43 +885,20 @@ at::Tensor cpu_sq_norms_bwd(const at::Tensor& x, const at::Tensor& g) {
 }
 
 // ============================================================================ exact filters
-// Value and tangent through an activation (exact-mode filter MLP, forward-mode), in place:
-// a <- sigma(a), ta <- sigma'(a) ta, given g = sigmoid(a) (act 0 = SiLU, 2 = sigmoid) or tanh(a)
-// (act 1), which torch computes with its vectorised exp (a scalar std::exp here would not be).
-void cpu_act_jvp_(at::Tensor& a, at::Tensor& ta, const at::Tensor& g, int64_t act) {
-  TORCH_CHECK(a.is_contiguous() && ta.is_contiguous() && g.is_contiguous() &&
-                  a.sizes() == ta.sizes() && a.sizes() == g.sizes(),
-              "a, ta, g must be contiguous and of one shape");
-  TORCH_CHECK(act >= 0 && act <= 2, "act must be 0 (silu), 1 (tanh) or 2 (sigmoid)");
-  const int64_t numel = a.numel();
-  TNF_DISPATCH(a, [&](auto zero) {
+// Tangent through tanh (exact-mode filter MLP, forward mode), in place: ta <- (1 - t^2) ta given
+// t = tanh(a), which torch computes accurately (SiLU and sigmoid: cpu_bias_act_jvp_ below).
+void cpu_tanh_jvp_(at::Tensor& ta, const at::Tensor& t) {
+  TORCH_CHECK(ta.is_contiguous() && t.is_contiguous() && ta.sizes() == t.sizes() &&
+                  ta.scalar_type() == t.scalar_type(),
+              "ta, t must be contiguous and of one shape and dtype");
+  const int64_t numel = ta.numel();
+  TNF_DISPATCH(ta, [&](auto zero) {
     using T = decltype(zero);
-    T* ap = a.data_ptr<T>();
     T* tp = ta.data_ptr<T>();
-    const T* gp = g.data_ptr<T>();
+    const T* hp = t.data_ptr<T>();
     at::parallel_for(0, numel, 16384, [&](int64_t lo, int64_t hi) {
-      if (act == 0) {
 #pragma omp simd
-        for (int64_t e = lo; e < hi; ++e) {
-          const T x = ap[e], sg = gp[e];
-          ap[e] = x * sg;
-          tp[e] *= sg * (T(1) + x * (T(1) - sg));
-        }
-      } else if (act == 1) {
-#pragma omp simd
-        for (int64_t e = lo; e < hi; ++e) {
-          const T th = gp[e];
-          ap[e] = th;
-          tp[e] *= T(1) - th * th;
-        }
-      } else {
-#pragma omp simd
-        for (int64_t e = lo; e < hi; ++e) {
-          const T sg = gp[e];
-          ap[e] = sg;
-          tp[e] *= sg * (T(1) - sg);
-        }
-      }
+      for (int64_t e = lo; e < hi; ++e) tp[e] *= T(1) - hp[e] * hp[e];
     });
   });
 }
@@ -961,7 +935,7 @@ inline Vec<double> exp_arith(Vec<double> x) {
 
 // Exact-mode filter MLP, one linear's epilogue in place (value and forward-mode tangent):
 // a <- sigma(a + bias), ta <- sigma'(a + bias) ta, for act 0 = SiLU, 2 = sigmoid. Replaces
-// addmm's bias copy, torch.sigmoid and cpu_act_jvp_ (three passes over [U, C] -> one).
+// addmm's bias copy, torch.sigmoid and a tangent pass (three passes over [U, C] -> one).
 void cpu_bias_act_jvp_(at::Tensor& a, at::Tensor& ta, const at::Tensor& bias, int64_t act) {
   TORCH_CHECK(a.is_contiguous() && ta.is_contiguous() && bias.is_contiguous() &&
                   a.sizes() == ta.sizes() && a.dim() == 2 && bias.numel() == a.size(1) &&
@@ -1046,7 +1020,7 @@ TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
   m.def("cpu_embed_combine_bwd", &cpu_embed_combine_bwd);
   m.def("cpu_sq_norms", &cpu_sq_norms);
   m.def("cpu_sq_norms_bwd", &cpu_sq_norms_bwd);
-  m.def("cpu_act_jvp_(Tensor(a!) a, Tensor(b!) ta, Tensor g, int act) -> ()", &cpu_act_jvp_);
+  m.def("cpu_tanh_jvp_(Tensor(a!) ta, Tensor t) -> ()", &cpu_tanh_jvp_);
   m.def("cpu_bias_act_jvp_(Tensor(a!) a, Tensor(b!) ta, Tensor bias, int act) -> ()",
         &cpu_bias_act_jvp_);
   m.def("cpu_cutoff_jvp(Tensor h, Tensor th, Tensor phi, Tensor dphi, Tensor(a!) val, "
