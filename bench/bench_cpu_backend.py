@@ -101,6 +101,10 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
+def _lifetime_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _first_call_peak_mb(call) -> float:
     """Peak resident memory of one call above the resident memory before it (MB). Linux: the
     high-water mark is reset before the call (/proc/self/clear_refs 5), so memory the process
@@ -110,15 +114,14 @@ def _first_call_peak_mb(call) -> float:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        reset = rss is not None
     except OSError:
-        reset = False
-    before = rss if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        rss = None
+    if rss is None:
+        before = _lifetime_peak_mb()
+        call()
+        return _lifetime_peak_mb() - before
     call()
-    peak = _proc_status_mb("VmHWM") if reset else None
-    if peak is None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return peak - before
+    return _proc_status_mb("VmHWM") - rss
 
 
 def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
