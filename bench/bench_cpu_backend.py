@@ -124,21 +124,21 @@ def _first_call_peak_mb(call) -> float:
     return _proc_status_mb("VmHWM") - rss
 
 
-def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
-    """Runs in its own process. mode: "total" (model call incl. neighbour list), "model" (cpu
-    backend given a prebuilt neighbour list), "profile" (per-stage times)."""
+def _setup(impl: str, ckpt: str, system: str, mode: str):
+    """(call, info) for one implementation on one system in this process, or (None, {"error"}).
+    mode: "total" (model call incl. neighbour list), "model" (cpu backend given a prebuilt
+    neighbour list), "profile" / "error" (like total)."""
     import torch
-
-    sys.path.insert(0, ROOT)
-    from bench.harness import time_call
 
     z, pos, batch, box = _system(system)
     if system.startswith("water") and z.shape[0] > MAX_SCALING_ATOMS:
-        return {"error": f"skipped: {z.shape[0]} atoms > MAX_SCALING_ATOMS={MAX_SCALING_ATOMS}"}
+        msg = f"skipped: {z.shape[0]} atoms > MAX_SCALING_ATOMS={MAX_SCALING_ATOMS}"
+        return None, {"error": msg}
     if impl == "torchmd-net" and z.shape[0] > TMDN_MAX_ATOMS:
-        return {"error": f"skipped: {z.shape[0]} atoms > TMDN_MAX_ATOMS={TMDN_MAX_ATOMS}"}
+        return None, {"error": f"skipped: {z.shape[0]} atoms > TMDN_MAX_ATOMS={TMDN_MAX_ATOMS}"}
     if impl == "ours-exact" and z.shape[0] > EXACT_MAX_ATOMS:
-        return {"error": f"skipped: {z.shape[0]} atoms > EXACT_MAX_ATOMS={EXACT_MAX_ATOMS}"}
+        msg = f"skipped: {z.shape[0]} atoms > EXACT_MAX_ATOMS={EXACT_MAX_ATOMS}"
+        return None, {"error": msg}
     edges = None
     if impl == "torchmd-net":
         import warnings
@@ -177,7 +177,24 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
                     (g,) = torch.autograd.grad(e, vec)
                 return e.detach(), g
 
-    out: dict = {"atoms": int(z.shape[0]), "threads": torch.get_num_threads()}
+    info: dict = {"atoms": int(z.shape[0]), "threads": torch.get_num_threads()}
+    if edges is not None:
+        info["edges"] = edges
+    info["system"] = (z, pos, batch, box)
+    return call, info
+
+
+def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
+    """Runs in its own process: "total" / "model" timing (time_call), "error" or "profile"."""
+    import torch
+
+    sys.path.insert(0, ROOT)
+    from bench.harness import time_call
+
+    call, out = _setup(impl, ckpt, system, mode)
+    if call is None:
+        return out
+    z, pos, batch, box = out.pop("system")
     if mode == "error":
         # relative errors vs the same checkpoint in float64 (cpu backend, exact filters: it
         # matches torchmd-net's float64 pure path to ~1e-14, tests/test_cpu_backend.py)
@@ -187,6 +204,8 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
         t = time.perf_counter()
         y, f = call()
         out["median_s"] = time.perf_counter() - t  # one timed call (the error is the point)
+        import tensornet_fast as tnf
+
         m64 = tnf.load_model(ckpt, backend="cpu", filter_mode="exact", precision=64)
         box64 = None if box is None else box.double()
         y64, f64 = m64(z, pos.double(), batch, box=box64)
@@ -213,13 +232,97 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
     out["peak_mem_mb"] = _first_call_peak_mb(call)
     out["first_s"] = time.perf_counter() - t0
     out.update(time_call(call, repeats=repeats, warmup=2, max_seconds=20.0))
-    if edges is not None:
-        out["edges"] = edges
     return out
 
 
-def _run(args: list[str], timeout: float = 1800) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *args]
+def _serve(impl: str, ckpt: str, system: str, mode: str) -> None:
+    """A resident worker for interleaved timing: set up, measure the first call's peak memory,
+    two warm-up calls, print the info as one JSON line; then for each line "k" on stdin run k
+    timed calls and print their times (s) as a JSON list; stop at EOF."""
+    call, info = _setup(impl, ckpt, system, mode)
+    if call is not None:
+        info.pop("system")
+        t0 = time.perf_counter()
+        info["peak_mem_mb"] = _first_call_peak_mb(call)
+        info["first_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(2):
+            call()
+        info["call_s"] = (time.perf_counter() - t0) / 2
+    print(json.dumps(info), flush=True)
+    if call is None:
+        return
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        print(json.dumps(times), flush=True)
+
+
+def _interleaved(workers: list, ckpt: str, system: str, blocks: int, block_s: float) -> dict:
+    """Time several (impl, mode) workers on one system in alternating blocks of calls, so a
+    phase of this shared machine being slow falls on all of them alike (one process each, only
+    one running at a time; fresh-process medians taken one after the other moved the ratio by
+    up to ~50% between runs). Each block is ~block_s seconds of one worker's calls; the block
+    order rotates. Returns {(impl, mode): info with median_s, p20_s, p80_s, repeats}."""
+    import statistics
+
+    def reply(proc):  # the next JSON line of a worker (libraries may print other lines)
+        for line in proc.stdout:
+            if line[:1] in "{[":
+                return json.loads(line)
+        return None
+
+    procs, results = {}, {}
+    try:
+        for key in workers:
+            impl, mode = key
+            err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block the worker
+            proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--serve", impl, ckpt, system, mode],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=_worker_env(),
+            )
+            info = reply(proc)
+            if info is None:
+                proc.wait()
+                err.seek(0)
+                lines = err.read().strip().splitlines()
+                results[key] = {"error": lines[-1] if lines else "failed"}
+                continue
+            results[key] = info
+            if "error" in results[key]:
+                proc.stdin.close()
+                proc.wait()
+                continue
+            results[key]["times"] = []
+            procs[key] = proc
+        order = list(procs)
+        for b in range(blocks):
+            for key in order[b % len(order) :] + order[: b % len(order)] if order else ():
+                k = max(1, min(20, round(block_s / max(results[key]["call_s"], 1e-6))))
+                procs[key].stdin.write(f"{k}\n")
+                procs[key].stdin.flush()
+                results[key]["times"] += reply(procs[key])
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    for key in procs:
+        times = sorted(results[key].pop("times"))
+        q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+        results[key].update(
+            median_s=statistics.median(times), p20_s=q[0], p80_s=q[3], repeats=len(times)
+        )
+    return results
+
+
+def _worker_env() -> dict:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Same for every implementation: OpenMP threads sleep instead of spinning at barriers. On a
     # shared, oversubscribed machine spinning cost our op-heavy node-level path 2x (measured
@@ -228,7 +331,12 @@ def _run(args: list[str], timeout: float = 1800) -> dict:
     # importing tensornet_fast sets this default (huge pages for fresh tensors >= 2 MB); the
     # same for torchmd-net, whose per-edge tensors are fresh memory too
     env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return env
+
+
+def _run(args: list[str], timeout: float = 1800) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env())
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -253,12 +361,19 @@ def main(argv=None) -> int:
         help=argparse.SUPPRESS,
     )
     parser.add_argument(
+        "--serve", nargs=4, metavar=("IMPL", "CKPT", "SYSTEM", "MODE"), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
         "--make-checkpoint", nargs=2, metavar=("PATH", "TINY"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.make_checkpoint:
         _make_checkpoint(args.make_checkpoint[0], args.make_checkpoint[1] == "1")
         print(json.dumps({"ok": True}))
+        return 0
+    if args.serve:
+        sys.path.insert(0, ROOT)
+        _serve(*args.serve)
         return 0
     if args.worker:
         impl, ckpt, system, rep, mode = args.worker
@@ -281,10 +396,8 @@ def main(argv=None) -> int:
         return 1
     model_desc = "2L F=32 K=16 rc=5" if args.tiny else "2L F=128 K=32 rc=5"
     water, g2 = ("water3", "g2x8") if args.tiny else ("water7", "g2x64")
-    # Up to 15 timed calls (at most ~20 s each implementation) after 2 untimed ones, the same rules
-    # for every implementation: with 3 calls, a ~30 ms call's median moved by ~50% between runs on
-    # this shared machine.
-    repeats = 2 if args.tiny else 15
+    # The two scenarios are timed interleaved (_interleaved: 8 rounds of ~1 s blocks per
+    # implementation); the sweep: 2 timed calls after 2 untimed ones, fresh process per size.
     rows = []
     process_env = "OMP_WAIT_POLICY={}; THP_MEM_ALLOC_ENABLE={}".format(
         os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
@@ -322,38 +435,24 @@ def main(argv=None) -> int:
 
     results: dict = {}
     impls = [i for i in IMPLS if i in args.impls.split(",")]
+    notes = {
+        "total": "energy+forces incl. neighbour list; interleaved with the other "
+        "implementations (resident processes, alternating ~1 s blocks); peak = first call's "
+        "RSS high-water mark above its RSS before",
+        "model": "energy+forces given a prebuilt neighbour list; interleaved",
+    }
     for system in (water, g2):
-        for impl in impls:
-            res = _run(["--worker", impl, ckpt, system, str(repeats), "total"])
-            results[impl, system] = res
-            rows.append(
-                row(
-                    impl,
-                    system,
-                    res,
-                    notes="energy+forces incl. neighbour list; "
-                    "fresh process; peak = first call's RSS high-water mark above its RSS before",
-                )
-            )
+        workers = [(i, "total") for i in impls] + [(i, "model") for i in impls if i[:4] == "ours"]
+        timed = _interleaved(workers, ckpt, system, blocks=2 if args.tiny else 8, block_s=1.0)
+        for (impl, mode), res in timed.items():
+            results[(impl, system) if mode == "total" else (impl, system, mode)] = res
+            rows.append(row(impl, system, res, mode, notes[mode]))
             print(
-                f"{system:8s} {impl:15s} "
+                f"{system:8s} {impl:15s} {'' if mode == 'total' else 'model only '}"
                 + (
                     res.get("error", "")
                     or f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"
-                ),
-                flush=True,
-            )
-        for impl in [i for i in impls if i.startswith("ours")]:
-            res = _run(["--worker", impl, ckpt, system, str(repeats), "model"])
-            results[impl, system, "model"] = res
-            rows.append(
-                row(impl, system, res, "model", "energy+forces given a prebuilt neighbour list")
-            )
-            print(
-                f"{system:8s} {impl:15s} model only "
-                + (
-                    res.get("error", "")
-                    or f"{res['median_s']:.3f} s  peak {res['peak_mem_mb']:.0f} MB"
+                    f"  ({res['repeats']} calls)"
                 ),
                 flush=True,
             )

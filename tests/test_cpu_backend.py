@@ -228,3 +228,65 @@ def test_bias_act_jvp_kernel(act, width, dtype):
     bound = 1e-6 if dtype == torch.float32 else 1e-14
     assert ((h.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max() < bound
     assert (th.double() - ref_t).abs().max() / ref_t.abs().max() < 2 * bound
+
+
+def test_spline_locate_kernel():
+    """The compiled spline coordinates (cpu_spline_locate) are bitwise Spline.locate's, with
+    -1 below a lower cutoff; distances below, inside, at and beyond the grid."""
+    ops = cpu_backend._ext()
+    if ops is None:
+        pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        d = torch.rand(5000, generator=gen, dtype=dtype) * 6.0
+        d[:4] = torch.tensor([0.0, 0.9, 4.5, 6.0], dtype=dtype)
+        spline = cpu_backend.Spline(lambda x: x[:, None], 0.9, 4.5, 2048, dtype)
+        k_ref, s_ref = spline.locate(d)
+        k_ref = torch.where(d >= spline.lo, k_ref, torch.full_like(k_ref, -1))
+        k, s = ops.cpu_spline_locate(d, spline.lo, spline.h, spline.n, True)
+        assert torch.equal(k, k_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh", "sigmoid", "ssp", "mish"])
+@pytest.mark.parametrize("rows", [5, 40])  # on the calling thread / one parallel region
+def test_row_stack_kernels(activation, rows):
+    """LayerNorm + linear (+ activation) stacks (cpu_rows_fwd / cpu_rows_bwd) against torch's
+    modules and autograd in float64, the last layer without activation as in the head."""
+    if cpu_backend._ext() is None:
+        pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
+    torch.manual_seed(rows)
+    norm = torch.nn.LayerNorm(12, dtype=torch.float64)
+    lins = [torch.nn.Linear(a, b, dtype=torch.float64) for a, b in ((12, 16), (16, 8), (8, 1))]
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    stack = cpu_backend._RowStack(
+        norm, [(lins[0], True), (lins[1], True), (lins[2], False)], activation
+    )
+    act = cpu_backend.ACTIVATION_FUNCTIONS[activation]
+    x = torch.randn(rows, 12, dtype=torch.float64, requires_grad=True)
+    ref = lins[2](act(lins[1](act(lins[0](norm(x))))))
+    g = torch.randn_like(ref)
+    (gx_ref,) = torch.autograd.grad(ref, x, g)
+    out, tape = stack.forward(x.detach())
+    # the head's output is an energy, the input gradient a force-like quantity
+    assert_close(out, ref.detach(), torch.float64, "energy", "row stack output")
+    assert_close(stack.backward(g, tape), gx_ref, torch.float64, "forces", "row stack gradient")
+
+
+def test_threads_agree(tmp_path):
+    """The fused layers split atoms over threads (one parallel region, a barrier before each
+    message pass): 1 and 2 threads give the same energy and forces (81 atoms, float64)."""
+    path = make_checkpoint(tmp_path / "t.ckpt", seed=9, precision=64, cutoff_upper=4.5, **SMALL)
+    z, pos, box = water_box(3, spacing=3.25, seed=5, dtype=torch.float64)
+    model = tnf.load_model(path, backend="cpu", filter_mode="tabulated")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, f1 = model(z, pos, box=box)
+        torch.set_num_threads(2)
+        y2, f2 = model(z, pos, box=box)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close(y2, y1, torch.float64, "energy")
+    assert_close(f2, f1, torch.float64, "forces")
