@@ -166,11 +166,11 @@ at::Tensor cpu_message_fwd(const at::Tensor& row_ptr, const at::Tensor& col, con
 // Backward of cpu_message_fwd given gm = dE/dM [N, 9, F], for the receivers i in [lo, hi):
 //   gd[e] = sum_{k,c} f'_e[blk(k), c] gm[i, k, c] y[j, k, c]   (dE/dd per edge of row i)
 //   gy[i] += sum_{e in row i} f_e (*) gm[col_e]                 (symmetric graph, see top)
-// gyp: [N, 9, F] to ADD dE/dY into, or null to skip it. f, fp, prod: 3F scratch each.
+// gyp: [N, 9, F] to ADD dE/dY into, or null to skip it. f, fp: 3F scratch each.
 template <typename T>
 void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64_t* cj,
                       const T* yp, const T* gp, T* gdp, T* gyp, int64_t nf, int64_t lo,
-                      int64_t hi, T* f, T* fp, T* prod) {
+                      int64_t hi, T* f, T* fp) {
   for (int64_t i = lo; i < hi; ++i) {
     const T* gi = gp + i * 9 * nf;
     T* acc = gyp ? gyp + i * 9 * nf : nullptr;
@@ -178,18 +178,15 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
       src.load(e, f, fp);
       const int64_t j = cj[e];
       const T* yj = yp + j * 9 * nf;
-      // per block: sum over its components of gm_i * y_j  -> [3F], then dot with f'
-      for (int64_t x = 0; x < 3 * nf; ++x) prod[x] = T(0);
+      // sum over components and channels of f'_blk(k) gm_i,k y_j,k, one pass per component
+      T sum = T(0);
       for (int k = 0; k < 9; ++k) {
-        T* pk = prod + kBlock[k] * nf;
+        const T* fk = fp + kBlock[k] * nf;
         const T* a = gi + k * nf;
         const T* b = yj + k * nf;
-#pragma omp simd
-        for (int64_t c = 0; c < nf; ++c) pk[c] += a[c] * b[c];
-      }
-      T sum = T(0);
 #pragma omp simd reduction(+ : sum)
-      for (int64_t x = 0; x < 3 * nf; ++x) sum += fp[x] * prod[x];
+        for (int64_t c = 0; c < nf; ++c) sum += fk[c] * a[c] * b[c];
+      }
       gdp[e] = sum;
       if (acc) {
         const T* gj = gp + j * 9 * nf;
@@ -230,10 +227,10 @@ at::Tensor message_bwd_into(const at::Tensor& row_ptr, const at::Tensor& col, co
     const auto src = make_source<T>(tab, dtab, idx, s, inv_h);
     T* gyp = gy.has_value() ? gy->data_ptr<T>() : nullptr;
     at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-      std::vector<T> f(3 * nf), fp(3 * nf), prod(3 * nf);
+      std::vector<T> f(3 * nf), fp(3 * nf);
       message_bwd_rows<T>(src, row_ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
                           y.data_ptr<T>(), gm.data_ptr<T>(), gd.data_ptr<T>(), gyp, nf, lo, hi,
-                          f.data(), fp.data(), prod.data());
+                          f.data(), fp.data());
     });
   });
   return gd;
@@ -832,9 +829,9 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
       });
 #pragma omp barrier
       // dE/dY = local part (in gy) + message part (added by the message backward)
-      std::vector<T> f(3 * nf), fp(3 * nf), prod(3 * nf);
+      std::vector<T> f(3 * nf), fp(3 * nf);
       message_bwd_rows<T>(src, row_ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), yp, gmp,
-                          gd.data_ptr<T>(), gyp, nf, a0, a1, f.data(), fp.data(), prod.data());
+                          gd.data_ptr<T>(), gyp, nf, a0, a1, f.data(), fp.data());
       // dE/dX_bar = go + dE/dY W_{0,1,2}; X_bar = X / (|X|^2 + 1)
       gemm_slice<T>(gyp, wp, gdp, a0, a1, nf, true, T(0));
       for_chunks<T>(a0, a1, nf, [&](int64_t, int64_t o, int len) {
