@@ -614,7 +614,11 @@ class _RowStack:
         out, mean, rstd, *pre_post = _ext().cpu_rows_fwd(
             x, self.ln_w, self.ln_b, self.eps, self.ws, self.bs, self.acts
         )
-        # the output itself is not kept: it is the last layer's (pre or post) in pre_post
+        # Only activated layers' (pre, out) are needed. A plain last linear's output is the
+        # autograd Function's output: kept in its ctx it would make a reference cycle through
+        # its grad_fn, and every call's tapes would wait for the cyclic garbage collector.
+        empty = x.new_empty(0)
+        pre_post = [t if self.acts[k // 2] >= 0 else empty for k, t in enumerate(pre_post)]
         return out, (x, mean, rstd, pre_post)
 
     def backward(self, g: Tensor, tape: tuple) -> Tensor:

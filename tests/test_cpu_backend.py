@@ -290,3 +290,21 @@ def test_threads_agree(tmp_path):
         torch.set_num_threads(threads)
     assert_close(y2, y1, torch.float64, "energy")
     assert_close(f2, f1, torch.float64, "forces")
+
+
+def test_no_reference_cycles(ckpts):
+    """A call leaves no cyclic garbage: the fused path's tapes hold no reference to the
+    Function's own output (that cycle kept every call's tensors alive until the cyclic GC)."""
+    import gc
+
+    z, pos, batch = molecule_batch(dtype=torch.float32)
+    model = tnf.load_model(ckpts["o3_2layers", 32], backend="cpu", filter_mode="tabulated")
+    model(z, pos, batch)
+    gc.collect()
+    gc.disable()
+    try:
+        y, f = model(z, pos, batch)
+        del y, f
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
