@@ -993,10 +993,14 @@ at::Tensor activation_backward(int64_t act, const at::Tensor& g, const at::Tenso
   }
 }
 
-void check_rows(const at::Tensor& x, const at::Tensor& ln_w, const std::vector<at::Tensor>& ws,
-                const std::vector<int64_t>& acts) {
+void check_rows(const at::Tensor& x, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                const std::vector<at::Tensor>& ws, const std::vector<int64_t>& acts) {
+  // ATen ops run inside a parallel region below, where an exception would end the process:
+  // everything they could reject is checked here
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be contiguous [N, C]");
-  TORCH_CHECK(ln_w.dim() == 1 && ln_w.size(0) == x.size(1), "LayerNorm weight must be [C]");
+  TORCH_CHECK(ln_w.dim() == 1 && ln_w.size(0) == x.size(1) && ln_b.sizes() == ln_w.sizes() &&
+                  ln_w.scalar_type() == x.scalar_type() && ln_b.scalar_type() == x.scalar_type(),
+              "LayerNorm weight and bias must be [C] in x's dtype");
   TORCH_CHECK(!ws.empty() && ws.size() == acts.size(), "one activation id per weight");
   int64_t width = x.size(1);
   for (size_t l = 0; l < ws.size(); ++l) {
@@ -1015,10 +1019,12 @@ std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w
                                      const std::vector<at::Tensor>& ws,
                                      const std::vector<at::Tensor>& bs,
                                      const std::vector<int64_t>& acts) {
-  check_rows(x, ln_w, ws, acts);
+  check_rows(x, ln_w, ln_b, ws, acts);
   TORCH_CHECK(bs.size() == ws.size(), "one bias per weight");
   for (size_t l = 0; l < ws.size(); ++l)
-    TORCH_CHECK(bs[l].dim() == 1 && bs[l].size(0) == ws[l].size(0), "bias ", l, " must be [out]");
+    TORCH_CHECK(bs[l].dim() == 1 && bs[l].size(0) == ws[l].size(0) &&
+                    bs[l].scalar_type() == x.scalar_type(),
+                "bias ", l, " must be [out] in x's dtype");
   const int64_t n = x.size(0);
   const size_t nl = ws.size();
   auto h0 = at::empty_like(x);
@@ -1061,12 +1067,19 @@ at::Tensor cpu_rows_bwd(const at::Tensor& g, const at::Tensor& x, const at::Tens
                         const at::Tensor& ln_b, const std::vector<at::Tensor>& ws,
                         const std::vector<int64_t>& acts, const at::Tensor& mean,
                         const at::Tensor& rstd, const std::vector<at::Tensor>& pre_post) {
-  check_rows(x, ln_w, ws, acts);
+  check_rows(x, ln_w, ln_b, ws, acts);
   const int64_t n = x.size(0);
   const size_t nl = ws.size();
   TORCH_CHECK(pre_post.size() == 2 * nl, "tape: (pre, out) per layer");
-  TORCH_CHECK(g.dim() == 2 && g.size(0) == n && g.size(1) == ws[nl - 1].size(0),
-              "g must be [N, C_L]");
+  for (size_t l = 0; l < nl; ++l)
+    for (int k = 0; k < 2 && acts[l] >= 0; ++k)
+      TORCH_CHECK(pre_post[2 * l + k].dim() == 2 && pre_post[2 * l + k].size(0) == n &&
+                      pre_post[2 * l + k].size(1) == ws[l].size(0) &&
+                      pre_post[2 * l + k].scalar_type() == x.scalar_type(),
+                  "tape of layer ", l, " must be [N, out] in x's dtype");
+  TORCH_CHECK(g.dim() == 2 && g.size(0) == n && g.size(1) == ws[nl - 1].size(0) &&
+                  g.scalar_type() == x.scalar_type() && mean.size(0) == n && rstd.size(0) == n,
+              "g must be [N, C_L] in x's dtype, mean and rstd [N, 1]");
   auto gx = at::empty_like(x);
   const std::vector<int64_t> shape{x.size(1)};
   node_region(n, [&](int t, int nt) {
