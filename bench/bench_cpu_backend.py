@@ -302,13 +302,22 @@ def _interleaved(workers: list, ckpt: str, system: str, blocks: int, block_s: fl
                 continue
             results[key]["times"] = []
             procs[key] = proc
-        order = list(procs)
         for b in range(blocks):
+            order = list(procs)  # a worker that died is dropped (its error reported)
             for key in order[b % len(order) :] + order[: b % len(order)] if order else ():
                 k = max(1, min(20, round(block_s / max(results[key]["call_s"], 1e-6))))
-                procs[key].stdin.write(f"{k}\n")
-                procs[key].stdin.flush()
-                results[key]["times"] += reply(procs[key])
+                try:
+                    procs[key].stdin.write(f"{k}\n")
+                    procs[key].stdin.flush()
+                    times = reply(procs[key])
+                except OSError:  # broken pipe: the worker is gone
+                    times = None
+                if times is None:
+                    done = len(results[key]["times"])
+                    results[key] = {"error": f"worker died after {done} timed calls"}
+                    procs.pop(key).wait()
+                    continue
+                results[key]["times"] += times
     finally:
         for proc in procs.values():
             proc.stdin.close()
