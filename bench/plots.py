@@ -332,10 +332,11 @@ def cpu_backend_table(rows: list[dict]) -> str:
     out = [
         '\n## The "cpu" backend vs torchmd-net 3.1 (bench/bench_cpu_backend.py)\n',
         "Whole call (neighbour list + energy + forces), 2L F=128 K=32 r_c=5 fp32, threads as "
-        "in the row; each implementation in a fresh process of the same run; memory = the "
-        "first call's RSS high-water mark above its RSS before (rows before 2026-11-24 11:12: "
-        "growth of the process's peak RSS); error = max relative deviation from the float64 model "
-        "(energy; forces relative to max |F|).\n",
+        "in the row; each implementation in its own process of the same run, timed interleaved "
+        "with the others (rows from 2026-11-24 14:36 on; before: one after the other); memory = "
+        "the first call's RSS high-water mark above its RSS before (rows before 2026-11-24 "
+        "11:12: growth of the process's peak RSS); error = max relative deviation from the "
+        "float64 model (energy; forces relative to max |F|).\n",
         "| system | atoms | implementation | ms | torchmd-net ms | speed-up | peak MB | "
         "memory vs torchmd-net | energy err | forces err | date |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
