@@ -202,22 +202,16 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
   }
 }
 
-void check_message_bwd(const at::Tensor& row_ptr, const at::Tensor& col, const at::Tensor& y,
-                       const at::Tensor& gm, const at::Tensor& tab,
-                       const c10::optional<at::Tensor>& dtab, const at::Tensor& idx) {
-  check(row_ptr, col, tab, idx);
-  TORCH_CHECK(y.is_contiguous() && gm.is_contiguous() && y.sizes() == gm.sizes(),
-              "y and gm must be contiguous [N, 9, F]");
-  TORCH_CHECK(tab.size(1) == 4 || dtab.has_value(), "exact mode needs dtab");
-}
-
 // message_bwd_rows over all receivers; returns dE/dd [E] (gy: see message_bwd_rows).
 at::Tensor message_bwd_into(const at::Tensor& row_ptr, const at::Tensor& col, const at::Tensor& y,
                             const at::Tensor& gm, const at::Tensor& tab,
                             const c10::optional<at::Tensor>& dtab, const at::Tensor& idx,
                             const c10::optional<at::Tensor>& s, double inv_h,
                             const c10::optional<at::Tensor>& gy) {
-  check_message_bwd(row_ptr, col, y, gm, tab, dtab, idx);
+  check(row_ptr, col, tab, idx);
+  TORCH_CHECK(y.is_contiguous() && gm.is_contiguous() && y.sizes() == gm.sizes(),
+              "y and gm must be contiguous [N, 9, F]");
+  TORCH_CHECK(tab.size(1) == 4 || dtab.has_value(), "exact mode needs dtab");
   TORCH_CHECK(!gy.has_value() || (gy->is_contiguous() && gy->sizes() == y.sizes()),
               "gy must be contiguous [N, 9, F]");
   const int64_t n = y.size(0), nf = y.size(2);
@@ -620,6 +614,16 @@ inline void layer_product(const Chunk<T>& yf, const Chunk<T>& mf, T qf, bool o3,
   }
 }
 
+// c = G A^T + A^T G per channel, full 3x3: the backward of A -> A A (pass G, A = dX) and of
+// B = q (M Y + Y M) with respect to M (A = Y) and to Y (A = M).
+template <typename T>
+inline void anticommute_transposed(const Chunk<T>& g, const Chunk<T>& a, Chunk<T>& c) {
+  Chunk<T> t;
+  mm3<T, false, true>(g, a, c);
+  mm3<T, true, false>(a, g, t);
+  for (int k = 0; k < 9; ++k) c[k] += t[k];
+}
+
 // v / (|v|^2 + 1) in place
 template <typename T>
 inline void normalise(Chunk<T>& v) {
@@ -755,11 +759,11 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
                                       const at::Tensor& idx, const c10::optional<at::Tensor>& s,
                                       double inv_h) {
   check_layer(x, w, q, row_ptr, col, tab, idx);
-  check_message_bwd(row_ptr, col, y, m, tab, dtab, idx);
-  for (const auto* t : {&go, &dx, &b})
+  TORCH_CHECK(tab.size(1) == 4 || dtab.has_value(), "exact mode needs dtab");
+  for (const auto* t : {&go, &y, &m, &dx, &b})
     TORCH_CHECK(t->is_contiguous() && t->sizes() == x.sizes() &&
                     t->scalar_type() == x.scalar_type(),
-                "go, dx, b must be contiguous [N, 9, F] in the dtype of x");
+                "go, y, m, dx, b must be contiguous [N, 9, F] in the dtype of x");
   const int64_t n = x.size(0), nf = x.size(2);
   auto gdx = at::empty_like(x);  // dE/d(dX), then dE/dX_bar - go
   auto gb = at::empty_like(x);   // dE/dB_bar, then the result dE/dX
@@ -778,14 +782,12 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
       const auto [a0, a1] = thread_slice(n, t, nt);
       // dE/d(dX) = go + q (G D^T + D^T G)
       for_chunks<T>(a0, a1, nf, [&](int64_t i, int64_t o, int len) {
-        Chunk<T> g, v, gf, df, t1, t2;
+        Chunk<T> g, v, gf, df, t1;
         load9(gop + o, nf, len, g);
         to_full(g, gf);
         load9(dp + o, nf, len, v);
         to_full(v, df);
-        mm3<T, false, true>(gf, df, t1);
-        mm3<T, true, false>(df, gf, t2);
-        for (int k = 0; k < 9; ++k) t1[k] += t2[k];
+        anticommute_transposed(gf, df, t1);
         from_full(t1, v);
         const T qf = qp[i];
         for (int k = 0; k < 9; ++k) v[k] = g[k] + qf * v[k];
@@ -794,7 +796,7 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
       // dE/d(B_bar) = dE/d(dX) W_{3,4,5}
       gemm_slice<T>(gdp, wp + 3 * nf * nf, gbp, a0, a1, nf, true, T(0));
       for_chunks<T>(a0, a1, nf, [&](int64_t i, int64_t o, int len) {
-        Chunk<T> v, yf, mf, bv, g, gf, t1, t2;
+        Chunk<T> v, yf, mf, bv, g, gf, t1;
         load9(yp + o, nf, len, v);
         to_full(v, yf);
         load9(mp + o, nf, len, v);
@@ -803,29 +805,20 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
         load9(gbp + o, nf, len, g);
         normalise_bwd(bv, g);  // dE/dB
         to_full(g, gf);
+        // O(3), B = q (M Y + Y M): gM = q (G Y^T + Y^T G), gY = q (G M^T + M^T G);
+        // SO(3), B = 2 Y M: gM = 2 Y^T G, gY = 2 G M^T
         const T scale = o3 ? qp[i] : T(2);
-        if (o3) {
-          // B = q (M Y + Y M): gM = q (G Y^T + Y^T G), gY = q (M^T G + G M^T)
-          mm3<T, false, true>(gf, yf, t1);
-          mm3<T, true, false>(yf, gf, t2);
-          for (int k = 0; k < 9; ++k) t1[k] = scale * (t1[k] + t2[k]);
-        } else {
-          // B = 2 Y M: gM = 2 Y^T G, gY = 2 G M^T
-          mm3<T, true, false>(yf, gf, t1);
+        for (int which = 0; which < 2; ++which) {  // gM, then gY
+          if (o3)
+            anticommute_transposed(gf, which == 0 ? yf : mf, t1);
+          else if (which == 0)
+            mm3<T, true, false>(yf, gf, t1);
+          else
+            mm3<T, false, true>(gf, mf, t1);
           for (int k = 0; k < 9; ++k) t1[k] = scale * t1[k];
+          from_full(t1, v);
+          store9((which == 0 ? gmp : gyp) + o, nf, len, v);
         }
-        from_full(t1, v);
-        store9(gmp + o, nf, len, v);
-        if (o3) {
-          mm3<T, true, false>(mf, gf, t1);
-          mm3<T, false, true>(gf, mf, t2);
-          for (int k = 0; k < 9; ++k) t1[k] = scale * (t1[k] + t2[k]);
-        } else {
-          mm3<T, false, true>(gf, mf, t1);
-          for (int k = 0; k < 9; ++k) t1[k] = scale * t1[k];
-        }
-        from_full(t1, v);
-        store9(gyp + o, nf, len, v);
       });
 #pragma omp barrier
       // dE/dY = local part (in gy) + message part (added by the message backward)
@@ -1027,7 +1020,6 @@ std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w
                 "bias ", l, " must be [out] in x's dtype");
   const int64_t n = x.size(0);
   const size_t nl = ws.size();
-  auto h0 = at::empty_like(x);
   auto mean = at::empty({n, 1}, x.options());
   auto rstd = at::empty({n, 1}, x.options());
   std::vector<at::Tensor> pre(nl), post(nl);
@@ -1040,10 +1032,9 @@ std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w
     const auto [a0, a1] = thread_slice(n, t, nt);
     if (a1 <= a0) return;
     auto [h, mu, rs] = at::native_layer_norm(x.slice(0, a0, a1), shape, ln_w, ln_b, eps);
-    h0.slice(0, a0, a1).copy_(h);
     mean.slice(0, a0, a1).copy_(mu.view({a1 - a0, 1}));
     rstd.slice(0, a0, a1).copy_(rs.view({a1 - a0, 1}));
-    at::Tensor in = h0.slice(0, a0, a1);
+    at::Tensor in = h;  // this thread's LayerNorm output, the first linear's input
     for (size_t l = 0; l < nl; ++l) {
       auto p = pre[l].slice(0, a0, a1);
       at::addmm_out(p, bs[l], in, ws[l].t());
@@ -1248,7 +1239,7 @@ std::vector<at::Tensor> cpu_spline_locate(const at::Tensor& d, double lo, double
   return {k, s};
 }
 
-// Whether block_gemm calls BLAS directly (true) or falls back to at::mm (diagnostics, tests).
+// Whether gemm_slice calls BLAS directly (true) or falls back to at::mm (diagnostics).
 bool cpu_blas_available() {
   return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr;
 }

@@ -56,6 +56,10 @@ TABLE_INTERVALS = 2048
 # Distances per block when evaluating the exact filter MLP (bounds its [U, 3F] temporaries).
 FILTER_CHUNK = 8192
 
+# Activation ids of csrc/cpu_tensornet.cpp (the row-wise stacks take all of them,
+# cpu_bias_act_jvp_ the SiLU and sigmoid ones).
+_ACTIVATION_IDS = {"silu": 0, "swish": 0, "tanh": 1, "sigmoid": 2, "ssp": 3, "mish": 4}
+
 _S2 = math.sqrt(2.0)
 _S3 = math.sqrt(3.0)
 _S6 = math.sqrt(6.0)
@@ -206,7 +210,8 @@ def _fused_filter_eval(rep, config: ModelConfig, layer=None):
 
     # compiled value+tangent activations: bias + SiLU/sigmoid + tangent in one pass
     # (csrc: cpu_bias_act_jvp_, act ids below); tanh's tangent after torch.tanh (cpu_tanh_jvp_)
-    act_id = {"silu": 0, "swish": 0, "sigmoid": 2}.get(config.activation)
+    act_id = _ACTIVATION_IDS[config.activation]
+    act_id = act_id if act_id in (0, 2) else None
     tanh = config.activation == "tanh"
 
     def run(d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
@@ -588,10 +593,6 @@ def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
     s = species.shape[0]
     both = torch.cat((atom.repeat_interleave(s, 0), atom.repeat(s, 1)), 1)  # [S*S, 2F]
     return F.linear(both, emb.emb2.weight, emb.emb2.bias), zidx, s
-
-
-# Activation ids of csrc/cpu_tensornet.cpp's row-wise stacks (cpu_rows_fwd / cpu_rows_bwd).
-_ACTIVATION_IDS = {"silu": 0, "swish": 0, "tanh": 1, "sigmoid": 2, "ssp": 3, "mish": 4}
 
 
 class _RowStack:
