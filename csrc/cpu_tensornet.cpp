@@ -549,12 +549,20 @@ inline void vstore(T* p, const Vec<T>& v, int len) {
     for (int c = 0; c < len; ++c) p[c] = v[c];
 }
 
+// Per-atom passes read/write 9 rows of F channels per atom ([N, 9, F]: 9 runs of 512 B for
+// F=128 float), each run too short for the hardware stream prefetchers to train on, so every
+// run started with a demand miss (perf: ~40% of the layer passes' samples on the first load
+// of a row). load9/store9 prefetch the same rows two atoms ahead (18 rows); prefetches past
+// the end of an array do not fault. Interleaved A/B, 64 g2 molecules: whole call 0.89x.
+constexpr int64_t kAhead = 18;
 template <typename T>
 inline void load9(const T* p, int64_t nf, int len, Chunk<T>& v) {
+  for (int k = 0; k < 9; ++k) __builtin_prefetch(p + (kAhead + k) * nf, 0, 3);
   for (int k = 0; k < 9; ++k) v[k] = vload(p + k * nf, len);
 }
 template <typename T>
 inline void store9(T* p, int64_t nf, int len, const Chunk<T>& v) {
+  for (int k = 0; k < 9; ++k) __builtin_prefetch(p + (kAhead + k) * nf, 1, 3);
   for (int k = 0; k < 9; ++k) vstore(p + k * nf, v[k], len);
 }
 
