@@ -209,7 +209,8 @@ def _fused_filter_eval(rep, config: ModelConfig, layer=None):
         lins = [(lin.weight.detach(), lin.bias.detach(), True) for lin in layer.linears_scalar]
 
     # compiled value+tangent activations: bias + SiLU/sigmoid + tangent in one pass
-    # (csrc: cpu_bias_act_jvp_, act ids below); tanh's tangent after torch.tanh (cpu_tanh_jvp_)
+    # (csrc: cpu_bias_act_jvp_, ids from _ACTIVATION_IDS); tanh's tangent after torch.tanh
+    # (cpu_tanh_jvp_)
     act_id = _ACTIVATION_IDS[config.activation]
     act_id = act_id if act_id in (0, 2) else None
     tanh = config.activation == "tanh"
