@@ -596,6 +596,14 @@ def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
     return F.linear(both, emb.emb2.weight, emb.emb2.bias), zidx, s
 
 
+def _pack_weights(w: Tensor, transpose: bool) -> Tensor:
+    """Linear weights [..., out, in] packed for the compiled float32 GEMM (csrc: cpu_gemm_pack;
+    B = W^T for ``x W^T``, else B = W), or an empty tensor where it does not apply (float64,
+    widths not a multiple of 16, no AVX2/FMA, no extension): the kernels then call BLAS."""
+    ops = _ext()
+    return ops.cpu_gemm_pack(w, transpose) if ops is not None else w.new_empty(0)
+
+
 class _RowStack:
     """LayerNorm, then linear layers (each optionally followed by the activation) on rows
     [N, C], with detached weights and a hand-written input backward: the fused path's per-atom
@@ -611,10 +619,13 @@ class _RowStack:
         ]
         act = _ACTIVATION_IDS[activation]
         self.acts = [act if activate else -1 for _, activate in layers]
+        # packed for the compiled GEMM (csrc: cpu_gemm_pack): forward h W^T, backward g W
+        self.packed_fwd = [_pack_weights(w, True) for w in self.ws]
+        self.packed_bwd = [_pack_weights(w, False) for w in self.ws]
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple]:
         out, mean, rstd, *pre_post = _ext().cpu_rows_fwd(
-            x, self.ln_w, self.ln_b, self.eps, self.ws, self.bs, self.acts
+            x, self.ln_w, self.ln_b, self.eps, self.ws, self.bs, self.acts, self.packed_fwd
         )
         # Only activated layers' (pre, out) are needed. A plain last linear's output is the
         # autograd Function's output: kept in its ctx it would make a reference cycle through
@@ -625,9 +636,8 @@ class _RowStack:
 
     def backward(self, g: Tensor, tape: tuple) -> Tensor:
         x, mean, rstd, pre_post = tape
-        return _ext().cpu_rows_bwd(
-            g.contiguous(), x, self.ln_w, self.ln_b, self.ws, self.acts, mean, rstd, pre_post
-        )
+        args = (self.ln_w, self.ln_b, self.ws, self.acts, mean, rstd, pre_post, self.packed_bwd)
+        return _ext().cpu_rows_bwd(g.contiguous(), x, *args)
 
 
 class _Prepared:
@@ -643,6 +653,11 @@ class _Prepared:
         self.w_layers = [
             torch.stack([lin.weight.detach() for lin in layer.linears_tensor])
             for layer in rep.layers
+        ]
+        # the same weights packed for the compiled GEMM: (forward x W^T, backward g W)
+        self.w_emb_packed = (_pack_weights(self.w_emb, True), _pack_weights(self.w_emb, False))
+        self.w_layers_packed = [
+            (_pack_weights(w, True), _pack_weights(w, False)) for w in self.w_layers
         ]
         self.emb = emb
         self.pair_tables: dict = {}
@@ -723,13 +738,13 @@ class _FusedModel(torch.autograd.Function):
             raw = ops.cpu_embed_fwd(g.row_ptr, g.rhat, ztab, pair, tab, idx, s, inv_h)
         with _stage("embed_combine_fwd"):
             norm, mlp_tape = prep.embedding_mlp.forward(ops.cpu_sq_norms(raw, False))
-            x, p = ops.cpu_embed_combine_fwd(raw, norm, prep.w_emb)  # [N, 9, F]
+            x, p = ops.cpu_embed_combine_fwd(raw, norm, prep.w_emb, prep.w_emb_packed[0])
         layers = []
-        for w, filt in zip(prep.w_layers, filters[1:]):  # w [6, F, F]
-            with _stage("layer_fwd"):
+        for w, (wp, _), filt in zip(prep.w_layers, prep.w_layers_packed, filters[1:]):
+            with _stage("layer_fwd"):  # w [6, F, F]
                 tab, _, idx, s, inv_h = filt.kernel_args(False)
                 out, y, m, dx, b = ops.cpu_layer_fwd(
-                    x, w, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
+                    x, w, wp, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
                 )
             layers.append((x, y, m, dx, b))
             x = out
@@ -748,15 +763,16 @@ class _FusedModel(torch.autograd.Function):
         with _stage("head_bwd"):
             gx = ops.cpu_sq_norms_bwd(x, prep.head.backward(g_eps, head_tape))
         gd = None  # dE/dd [E] summed over the layers
-        for w, filt, saved in reversed(list(zip(prep.w_layers, filters[1:], layers))):
+        per_layer = zip(prep.w_layers, prep.w_layers_packed, filters[1:], layers)
+        for w, (_, wp), filt, saved in reversed(list(per_layer)):
             with _stage("layer_bwd"):
                 tab, dtab, idx, s, inv_h = filt.kernel_args(True)
                 gx, gd_layer = ops.cpu_layer_bwd(
-                    gx, *saved, w, q, prep.o3, g.row_ptr, g.j, tab, dtab, idx, s, inv_h
+                    gx, *saved, w, wp, q, prep.o3, g.row_ptr, g.j, tab, dtab, idx, s, inv_h
                 )
             gd = gd_layer if gd is None else gd.add_(gd_layer)
         with _stage("embed_combine_bwd"):
-            graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb)
+            graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb, prep.w_emb_packed[1])
             gsq = prep.embedding_mlp.backward(gnorm, mlp_tape)
             graw.addcmul_(raw, gsq[:, None, :], value=2.0)  # d(sum_k raw_k^2) = 2 raw
         with _stage("embedding_bwd"):

@@ -6,6 +6,8 @@ Small models (F=16, K=8) and systems (tens of atoms) keep this file well under a
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from oracle import load_oracle, make_checkpoint, oracle_energy_forces
@@ -272,6 +274,48 @@ def test_row_stack_kernels(activation, rows):
     # the head's output is an energy, the input gradient a force-like quantity
     assert_close(out, ref.detach(), torch.float64, "energy", "row stack output")
     assert_close(stack.backward(g, tape), gx_ref, torch.float64, "forces", "row stack gradient")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 40])  # 6-row tiles and their tails; 40: 2 threads
+def test_packed_gemm_kernel(rows):
+    """The hand-written float32 GEMM (weights packed by cpu_gemm_pack) against float64 GEMMs:
+    the embedding combine (9 channel GEMMs per atom, F=32: two 16-column panels) forward and
+    backward, and a row stack 48 -> 32 -> 16 -> 1 (bias epilogue, K != N, K = 1 backward)."""
+    ops = cpu_backend._ext()
+    if ops is None:
+        pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
+    gen = torch.Generator().manual_seed(rows)
+    nf = 32
+    w = torch.randn(3, nf, nf, generator=gen) / nf**0.5
+    fwd, bwd = ops.cpu_gemm_pack(w, True), ops.cpu_gemm_pack(w, False)
+    if fwd.numel() == 0:
+        pytest.skip("built without AVX2/FMA: the ops use BLAS")
+    assert fwd.shape == bwd.shape == (3, 2, nf, 16)
+    assert ops.cpu_gemm_pack(w.double(), True).numel() == 0  # float64: BLAS
+    assert ops.cpu_gemm_pack(w[:, :24], True).numel() == 0  # 24 outputs: not 16-column panels
+    raw, norm = torch.randn(rows, 9, nf, generator=gen), torch.randn(rows, 3 * nf, generator=gen)
+    gx = torch.randn(rows, 9, nf, generator=gen)
+    wk = w.double()[[0, 1, 1, 1, 2, 2, 2, 2, 2]]  # [9, F, F] per component
+    x, p = ops.cpu_embed_combine_fwd(raw, norm, w, fwd)
+    assert_close(p, torch.einsum("nki,koi->nko", raw.double(), wk), torch.float32, "energy")
+    graw, _ = ops.cpu_embed_combine_bwd(gx, p, norm, w, bwd)
+    gp = gx.double() * norm.double().view(rows, 3, nf)[:, [0, 1, 1, 1, 2, 2, 2, 2, 2]]
+    assert_close(graw, torch.einsum("nko,koi->nki", gp, wk), torch.float32, "forces")
+
+    norm64 = torch.nn.LayerNorm(48, dtype=torch.float64)
+    lins = [torch.nn.Linear(a, b, dtype=torch.float64) for a, b in ((48, 32), (32, 16), (16, 1))]
+    layers = [(lin.float(), k < 2) for k, lin in enumerate(copy.deepcopy(lins))]
+    stack = cpu_backend._RowStack(copy.deepcopy(norm64).float(), layers, "silu")
+    assert [t.numel() > 0 for t in stack.packed_fwd] == [True, True, False]
+    assert all(t.numel() > 0 for t in stack.packed_bwd)
+    x64 = torch.randn(rows, 48, dtype=torch.float64, requires_grad=True)
+    act = torch.nn.functional.silu
+    ref = lins[2](act(lins[1](act(lins[0](norm64(x64))))))
+    g = torch.randn_like(ref)
+    (gx_ref,) = torch.autograd.grad(ref, x64, g)
+    out, tape = stack.forward(x64.detach().float())
+    assert_close(out, ref.detach(), torch.float32, "energy", "row stack output")
+    assert_close(stack.backward(g.float(), tape), gx_ref, torch.float32, "forces", "gradient")
 
 
 def test_threads_agree(tmp_path):
