@@ -792,7 +792,9 @@ void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& q,
 // then after one barrier (messages read every atom's Y) forms its receivers' messages M, the
 // products B = q (M Y + Y M) (SO(3): 2 Y M), B_bar, dX = W B_bar and X_out.
 // w [6, F, F]: linears_tensor.0..5; w_packed: cpu_gemm_pack(w, true) or empty; q [N]: charge
-// factor (1 + 0.1 q_i). Returns (X_out, Y, M, dX, B); the last four are what cpu_layer_bwd needs.
+// factor (1 + 0.1 q_i). Returns (X_out, Y, M, dX); the last three are what cpu_layer_bwd needs
+// (B is recomputed there from Y and M: 54 FMAs per channel instead of 2 MB more to write and
+// read back per layer for 453 atoms, F=128).
 std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
                                       const at::Tensor& w_packed, const at::Tensor& q, bool o3,
                                       const at::Tensor& row_ptr, const at::Tensor& col,
@@ -803,7 +805,6 @@ std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
   auto out = at::empty_like(x);  // X_bar, then X_out = X_bar + dX + q dX dX in place
   auto y = at::empty_like(x);
   auto m = at::empty_like(x);
-  auto b = at::empty_like(x);   // B before normalisation (the backward's normalise_bwd)
   auto bn = at::empty_like(x);  // B_bar
   auto dx = at::empty_like(x);
   TNF_DISPATCH(x, [&](auto zero) {
@@ -815,7 +816,7 @@ std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
     const T* pk = packed_weights<T>(w_packed, w);
     const T* pk3 = pk ? pk + 3 * nf * nf : nullptr;  // second set of three
     T *op = out.data_ptr<T>(), *yp = y.data_ptr<T>(), *mp = m.data_ptr<T>();
-    T *rp = b.data_ptr<T>(), *bp = bn.data_ptr<T>(), *dp = dx.data_ptr<T>();
+    T *bp = bn.data_ptr<T>(), *dp = dx.data_ptr<T>();
     node_region(n, [&](int t, int nt) {
       const auto [a0, a1] = thread_slice(n, t, nt);
       for_chunks<T>(a0, a1, nf, [&](int64_t, int64_t o, int len) {
@@ -837,7 +838,6 @@ std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
         to_full(v, mf);
         layer_product(yf, mf, qp[i], o3, bf);
         from_full(bf, v);
-        store9(rp + o, nf, len, v);
         normalise(v);
         store9(bp + o, nf, len, v);
       });
@@ -855,7 +855,7 @@ std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
       });
     });
   });
-  return {out, y, m, dx, b};
+  return {out, y, m, dx};
 }
 
 // Backward of cpu_layer_fwd given go = dE/dX_out: (dE/dX [N, 9, F], dE/dd [E]). One parallel
@@ -864,8 +864,8 @@ std::vector<at::Tensor> cpu_layer_fwd(const at::Tensor& x, const at::Tensor& w,
 // (GEMM) and dE/dX. w_packed: cpu_gemm_pack(w, false) or empty.
 std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
                                       const at::Tensor& y, const at::Tensor& m,
-                                      const at::Tensor& dx, const at::Tensor& b,
-                                      const at::Tensor& w, const at::Tensor& w_packed,
+                                      const at::Tensor& dx, const at::Tensor& w,
+                                      const at::Tensor& w_packed,
                                       const at::Tensor& q, bool o3, const at::Tensor& row_ptr,
                                       const at::Tensor& col, const at::Tensor& tab,
                                       const c10::optional<at::Tensor>& dtab,
@@ -873,10 +873,10 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
                                       double inv_h) {
   check_layer(x, w, q, row_ptr, col, tab, idx);
   TORCH_CHECK(tab.size(1) == 4 || dtab.has_value(), "exact mode needs dtab");
-  for (const auto* t : {&go, &y, &m, &dx, &b})
+  for (const auto* t : {&go, &y, &m, &dx})
     TORCH_CHECK(t->is_contiguous() && t->sizes() == x.sizes() &&
                     t->scalar_type() == x.scalar_type(),
-                "go, y, m, dx, b must be contiguous [N, 9, F] in the dtype of x");
+                "go, y, m, dx must be contiguous [N, 9, F] in the dtype of x");
   const int64_t n = x.size(0), nf = x.size(2);
   auto gdx = at::empty_like(x);  // dE/d(dX), then dE/dX_bar - go
   auto gb = at::empty_like(x);   // dE/dB_bar, then the result dE/dX
@@ -887,7 +887,7 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
     using T = decltype(zero);
     const auto src = make_source<T>(tab, dtab, idx, s, inv_h);
     const T *gop = go.data_ptr<T>(), *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>();
-    const T *mp = m.data_ptr<T>(), *dp = dx.data_ptr<T>(), *rp = b.data_ptr<T>();
+    const T *mp = m.data_ptr<T>(), *dp = dx.data_ptr<T>();
     const T *qp = q.data_ptr<T>(), *wp = w.data_ptr<T>();
     const T* pk = packed_weights<T>(w_packed, w);
     const T* pk3 = pk ? pk + 3 * nf * nf : nullptr;  // second set of three
@@ -916,8 +916,9 @@ std::vector<at::Tensor> cpu_layer_bwd(const at::Tensor& go, const at::Tensor& x,
         to_full(v, yf);
         load9(mp + o, nf, len, v);
         to_full(v, mf);
-        load9(rp + o, nf, len, bv);
         load9(gbp + o, nf, len, g);
+        layer_product(yf, mf, qp[i], o3, t1);  // B (before normalisation), as in the forward
+        from_full(t1, bv);
         normalise_bwd(bv, g);  // dE/dB
         to_full(g, gf);
         // O(3), B = q (M Y + Y M): gM = q (G Y^T + Y^T G), gY = q (G M^T + M^T G);

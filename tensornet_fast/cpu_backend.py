@@ -743,10 +743,10 @@ class _FusedModel(torch.autograd.Function):
         for w, (wp, _), filt in zip(prep.w_layers, prep.w_layers_packed, filters[1:]):
             with _stage("layer_fwd"):  # w [6, F, F]
                 tab, _, idx, s, inv_h = filt.kernel_args(False)
-                out, y, m, dx, b = ops.cpu_layer_fwd(
+                out, y, m, dx = ops.cpu_layer_fwd(
                     x, w, wp, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
                 )
-            layers.append((x, y, m, dx, b))
+            layers.append((x, y, m, dx))
             x = out
         with _stage("head_fwd"):
             feats = ops.cpu_sq_norms(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
