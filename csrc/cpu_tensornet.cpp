@@ -178,14 +178,16 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
       src.load(e, f, fp);
       const int64_t j = cj[e];
       const T* yj = yp + j * 9 * nf;
-      // sum over components and channels of f'_blk(k) gm_i,k y_j,k, one pass per component
+      // sum over components and channels of f'_blk(k) gm_i,k y_j,k in one pass over the
+      // channels (one horizontal sum per edge; per component, the 9 sums' lane reductions were
+      // ~7% of this function's samples)
       T sum = T(0);
-      for (int k = 0; k < 9; ++k) {
-        const T* fk = fp + kBlock[k] * nf;
-        const T* a = gi + k * nf;
-        const T* b = yj + k * nf;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t c = 0; c < nf; ++c) sum += fk[c] * a[c] * b[c];
+      for (int64_t c = 0; c < nf; ++c) {
+        T a = T(0), s = T(0);
+        for (int k = 1; k < 4; ++k) a += gi[k * nf + c] * yj[k * nf + c];
+        for (int k = 4; k < 9; ++k) s += gi[k * nf + c] * yj[k * nf + c];
+        sum += fp[c] * gi[c] * yj[c] + fp[nf + c] * a + fp[2 * nf + c] * s;
       }
       gdp[e] = sum;
       if (acc) {
