@@ -23,6 +23,10 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>  // gemm_packed's tiles
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
