@@ -551,7 +551,8 @@ void gemm_slice(const T* x, const T* w, const T* packed, T* out, int64_t a0, int
   }
 }
 
-// The packed weights' data for gemm_slice, or null: wp is cpu_gemm_pack's output for w.
+// The packed weights' data for gemm_slice / gemm_packed, or null: wp is cpu_gemm_pack's output
+// for w (empty: BLAS).
 template <typename T>
 const T* packed_weights(const at::Tensor& wp, const at::Tensor& w) {
   if (wp.numel() == 0) return nullptr;
@@ -1140,14 +1141,8 @@ void check_rows(const at::Tensor& x, const at::Tensor& ln_w, const at::Tensor& l
 std::vector<const float*> packed_layers(const std::vector<at::Tensor>& packed,
                                         const std::vector<at::Tensor>& ws) {
   TORCH_CHECK(packed.size() == ws.size(), "one packed weight (or empty tensor) per weight");
-  std::vector<const float*> out(ws.size(), nullptr);
-  for (size_t l = 0; l < ws.size(); ++l)
-    if (packed[l].numel() > 0) {
-      TORCH_CHECK(packed[l].scalar_type() == at::kFloat && ws[l].scalar_type() == at::kFloat &&
-                      packed[l].is_contiguous() && packed[l].numel() == ws[l].numel(),
-                  "packed weight ", l, " must be cpu_gemm_pack of a float32 weight");
-      out[l] = packed[l].data_ptr<float>();
-    }
+  std::vector<const float*> out(ws.size());
+  for (size_t l = 0; l < ws.size(); ++l) out[l] = packed_weights<float>(packed[l], ws[l]);
   return out;
 }
 
