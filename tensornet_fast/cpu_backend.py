@@ -9,8 +9,9 @@ Levers (SPEC.md "Where the cost is"):
 * The radial filters depend on d alone. ``exact`` mode evaluates the MLP (and its d-derivative,
   forward-mode) once per DISTINCT distance: d_ij == d_ji bitwise (edge_vec of the reverse edge
   is the exact negation), so this is at most one evaluation per unordered pair. ``tabulated``
-  mode replaces each filter by a cubic Hermite spline in d built once from the exact values and
-  derivatives; forces use the spline's own derivative, so energy is conserved.
+  mode replaces each filter by a quintic Hermite spline in d built once from the exact values
+  and first and second derivatives; forces use the spline's own derivative, so energy is
+  conserved.
 * Messages are segment reductions over edges sorted by receiver; per-edge tensors exist only
   for a chunk of ``EDGE_CHUNK`` edges (torch path) or in registers (C++ path, csrc/).
 * Forces: a hand-written backward for the two edge passes (embedding, messages). It contracts
@@ -47,12 +48,21 @@ from .reference import radial_basis, radial_filter, scalar_head
 FILTER_MODES = ("exact", "tabulated")
 # Edges per chunk in the torch path: 4096 * 9 * F(128) * 4 B = 19 MB per temporary.
 EDGE_CHUNK = 4096
-# Spline intervals on [cutoff_lower, cutoff_upper]. Cubic Hermite error ~ h^4 (values), h^3
-# (derivatives). Measured on F=32/64 random-weight models (tests/test_cpu_backend.py, r_c = 5,
-# h = 2.4e-3 A): the table alone (float64 tabulated vs float64 exact) is off by ~4e-11 relative
-# in energy and 3e-8..1.3e-7 in forces, far below float32 rounding (exact fp32 vs fp64: ~1e-6
-# energy, 1e-6..5e-6 forces); 1024 intervals gave 5e-7 in forces, too close to it.
+# Cubic spline intervals on [cutoff_lower, cutoff_upper] (the triton backend's tables). Cubic
+# Hermite error ~ h^4 (values), h^3 (derivatives). Measured on F=32/64 random-weight models
+# (tests/test_cpu_backend.py, r_c = 5, h = 2.4e-3 A): the table alone (float64 tabulated vs
+# float64 exact) is off by ~4e-11 relative in energy and 3e-8..1.3e-7 in forces, far below
+# float32 rounding (exact fp32 vs fp64: ~1e-6 energy, 1e-6..5e-6 forces); 1024 intervals gave
+# 5e-7 in forces, too close to it.
 TABLE_INTERVALS = 2048
+# The cpu backend's tables: quintic Hermite splines (values, first and second derivatives at the
+# nodes; error ~ h^6 values, h^5 derivatives) on 512 intervals. Filters of the benchmark
+# checkpoint (F=128, r_c = 5), float64, max error relative to max|f| and max|f'|: values
+# <= 2e-8 / derivatives <= 8e-7 below 0.6 A, <= 1e-9 / 6e-8 beyond; the cubic at 2048 intervals:
+# 4e-8 / 5e-6 and 5e-9 / 9e-7. The table is 4.7 MB per filter instead of 12.6 MB and stays in
+# the L3 cache: the message passes read 6 KB (cubic) or 9 KB (quintic) of it per edge.
+CPU_TABLE_DEGREE = 5
+CPU_TABLE_INTERVALS = 512
 # Distances per block when evaluating the exact filter MLP (bounds its [U, 3F] temporaries).
 FILTER_CHUNK = 8192
 
@@ -155,6 +165,24 @@ def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | 
                 v = fn(dc)
             vals.append(v)
     return torch.cat(vals), (torch.cat(ders) if deriv else None)
+
+
+def _node_derivatives(fn, d: Tensor, second: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """fn(d), dfn/dd and (second: d2fn/dd2) by nested forward-mode AD, for spline nodes
+    (a few thousand distances at most, one block)."""
+    one = torch.ones_like(d)
+
+    def first(x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(fn, (x,), (one,))
+
+    # Grad mode on: under no_grad, F.silu's nested forward AD goes through aten::silu_backward,
+    # which has no forward derivative (NotImplementedError, torch 2.13).
+    with torch.enable_grad():
+        if not second:
+            y, d1 = first(d)
+            return y.detach(), d1.detach(), None
+        (y, d1), (_, d2) = torch.func.jvp(first, (d,), (one,))
+    return y.detach(), d1.detach(), d2.detach()
 
 
 def _cutoff_and_derivative(d: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
@@ -288,19 +316,44 @@ class ExactFilter:
 
 
 class Spline:
-    """Cubic Hermite spline of a vector function of d on [lo, hi]: power-form coefficients
-    per interval [n, 4, C] (p(s) = a + b s + c s^2 + e s^3, s in [0, 1)). C^1, exact at the nodes
-    (values and derivatives), error <= h^4/384 max|f''''|. Zero below ``lo`` when lo > 0 (the
+    """Hermite spline of a vector function of d on [lo, hi] with power-form coefficients per
+    interval [n, degree + 1, C] (p(s) = sum_k coef[:, k] s^k, s in [0, 1)). ``degree`` 3: cubic,
+    values and first derivatives exact at the nodes, C^1, error <= h^4/384 max|f''''|; 5:
+    quintic, also second derivatives, C^2, error O(h^6). Zero below ``lo`` when lo > 0 (the
     cosine cutoff vanishes there)."""
 
-    def __init__(self, fn, lo: float, hi: float, intervals: int, dtype: torch.dtype):
-        self.lo, self.hi, self.n = float(lo), float(hi), int(intervals)
+    def __init__(
+        self, fn, lo: float, hi: float, intervals: int, dtype: torch.dtype, degree: int = 3
+    ):
+        if degree not in (3, 5):
+            raise ValueError(f"spline degree must be 3 or 5, got {degree}")
+        self.lo, self.hi, self.n, self.degree = float(lo), float(hi), int(intervals), degree
         self.h = (self.hi - self.lo) / self.n
         nodes = torch.linspace(self.lo, self.hi, self.n + 1, dtype=torch.float64)
-        y, m = _value_and_derivative(fn, nodes, True)  # [n + 1, C] each, float64
-        y0, y1, m0, m1 = y[:-1], y[1:], m[:-1] * self.h, m[1:] * self.h
-        coef = torch.stack((y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1), 1)
-        self.coef = coef.to(dtype).contiguous()  # [n, 4, C]
+        # The end nodes' derivatives as one-sided limits from inside [lo, hi]: the cutoff makes
+        # f'' jump to 0 at r_c (and at r_l > 0), and a quintic fitted to the outside value had a
+        # derivative error of 1e-4 (relative) in its last interval instead of 5e-8.
+        inf = torch.tensor(math.inf, dtype=torch.float64)
+        nodes[-1] = torch.nextafter(nodes[-1], -inf)
+        if self.lo > 0:
+            nodes[0] = torch.nextafter(nodes[0], inf)
+        y, d1, d2 = _node_derivatives(fn, nodes, degree == 5)  # [n + 1, C] each, float64
+        y0, y1, m0, m1 = y[:-1], y[1:], d1[:-1] * self.h, d1[1:] * self.h
+        if degree == 3:
+            coef = (y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1)
+        else:
+            c0, c1 = d2[:-1] * self.h**2, d2[1:] * self.h**2
+            # a3..a5 from p(1) = y1, p'(1) = m1, p''(1) = c1 given a0 = y0, a1 = m0, a2 = c0 / 2
+            r0, r1, r2 = y1 - y0 - m0 - c0 / 2, m1 - m0 - c0, c1 - c0
+            coef = (
+                y0,
+                m0,
+                c0 / 2,
+                10 * r0 - 4 * r1 + r2 / 2,
+                -15 * r0 + 7 * r1 - r2,
+                6 * r0 - 3 * r1 + r2 / 2,
+            )
+        self.coef = torch.stack(coef, 1).to(dtype).contiguous()  # [n, degree + 1, C]
         self.zero_below = self.lo > 0
 
     def locate(self, d: Tensor) -> tuple[Tensor, Tensor]:
@@ -312,10 +365,17 @@ class Spline:
 
     def evaluate(self, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
         k, s = self.locate(d)
-        c = self.coef[k]  # [E, 4, C]
+        c = self.coef[k]  # [E, degree + 1, C]
         s1 = s[:, None]
-        val = ((c[:, 3] * s1 + c[:, 2]) * s1 + c[:, 1]) * s1 + c[:, 0]
-        der = ((3 * c[:, 3] * s1 + 2 * c[:, 2]) * s1 + c[:, 1]) / self.h if deriv else None
+        val = c[:, self.degree]
+        for p in range(self.degree - 1, -1, -1):  # Horner
+            val = val * s1 + c[:, p]
+        der = None
+        if deriv:
+            der = self.degree * c[:, self.degree]
+            for p in range(self.degree - 1, 0, -1):
+                der = der * s1 + p * c[:, p]
+            der = der / self.h
         if self.zero_below:
             keep = (d >= self.lo).to(val.dtype)[:, None]
             val = val * keep
@@ -331,13 +391,15 @@ class TabulatedFilter:
         return self.spline.evaluate(self.g.d[e0:e1], deriv)
 
     def kernel_args(self, deriv: bool) -> tuple:
-        """(coef [n, 4, 3F], None, interval [E] (-1: zero filter), s [E], 1/h)."""
+        """(coef [n, degree + 1, 3F], None, interval [E] (-1: zero filter), s [E], 1/h)."""
         sp = self.spline
         k, s = self.g.spline_coordinates(sp)
         return sp.coef, None, k, s, 1.0 / sp.h
 
 
-def build_splines(model, intervals: int = TABLE_INTERVALS) -> list[Spline]:
+def build_splines(
+    model, intervals: int = CPU_TABLE_INTERVALS, degree: int = CPU_TABLE_DEGREE
+) -> list[Spline]:
     """One spline per radial filter (embedding first, then each layer), built in float64 from a
     float64 copy of the weights and stored in the model's dtype."""
     config = model.config
@@ -345,7 +407,7 @@ def build_splines(model, intervals: int = TABLE_INTERVALS) -> list[Spline]:
     fns = [_embedding_filter_fn(rep64, config)]
     fns += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
     lo, hi = config.cutoff_lower, config.cutoff_upper
-    return [Spline(fn, lo, hi, intervals, model.dtype) for fn in fns]
+    return [Spline(fn, lo, hi, intervals, model.dtype, degree) for fn in fns]
 
 
 # ----------------------------------------------------------------------------- graph

@@ -463,9 +463,10 @@ def load_model(
             ``tensornet_fast.available_backends()``); ``TENSORNET_FAST_BACKEND`` sets the default.
             ``auto`` on a CPU device is ``"cpu"``, on CUDA ``"triton"`` when Triton is installed.
         filter_mode: radial filters of the ``"cpu"`` and ``"triton"`` backends: ``"exact"``
-            (the MLP, once per distinct distance) or ``"tabulated"`` (cubic splines in d built
-            here at load time, forces from the spline's derivative; error vs float64 at float32
-            rounding level, see tensornet_fast/cpu_backend.py).
+            (the MLP, once per distinct distance) or ``"tabulated"`` (Hermite splines in d
+            built here at load time: quintic on the cpu backend, cubic on triton; forces from
+            the spline's derivative; error vs float64 at float32 rounding level, see
+            tensornet_fast/cpu_backend.py).
         layout: weight layout of the 3F-output linears: ``"auto"``, ``"blocked"`` (torchmd-net
             >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
             the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all

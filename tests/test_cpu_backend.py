@@ -232,6 +232,33 @@ def test_bias_act_jvp_kernel(act, width, dtype):
     assert (th.double() - ref_t).abs().max() / ref_t.abs().max() < 2 * bound
 
 
+@pytest.mark.parametrize("degree", [3, 5])
+@pytest.mark.parametrize("lower", [0.0, 1.0])
+def test_spline_order(degree, lower):
+    """Hermite splines (cubic: the triton tables, quintic: the cpu backend's) converge at their
+    order, values as h^(degree + 1) and derivatives as h^degree, up to the cutoffs: the cosine
+    cutoff's second derivative jumps there, and the quintic uses its one-sided limit (fitted to
+    the value outside, its last interval's derivative error fell only as h)."""
+    from tensornet_fast.ops.radial import cosine_cutoff
+
+    def fn(d):
+        phi = cosine_cutoff(d, lower, 5.0)
+        return torch.stack((torch.sin(3 * d) * phi, torch.exp(-d) * phi), 1)
+
+    d = torch.linspace(lower + 1e-9, 5.0 - 1e-9, 20001, dtype=torch.float64)
+    ref, ref_d = torch.func.jvp(fn, (d,), (torch.ones_like(d),))
+    errors = []
+    for n in (32, 64):
+        spline = cpu_backend.Spline(fn, lower, 5.0, n, torch.float64, degree)
+        assert spline.coef.shape == (n, degree + 1, 2)
+        val, der = spline.evaluate(d, True)
+        errors.append(((val - ref).abs().max(), (der - ref_d).abs().max()))
+    (v32, d32), (v64, d64) = errors
+    assert v32 / v64 > 0.7 * 2 ** (degree + 1), (v32, v64)
+    assert d32 / d64 > 0.7 * 2**degree, (d32, d64)
+    assert v64 < (2e-5 if degree == 3 else 1e-8) and d64 < (1e-3 if degree == 3 else 5e-7)
+
+
 def test_spline_locate_kernel():
     """The compiled spline coordinates (cpu_spline_locate) are bitwise Spline.locate's, with
     -1 below a lower cutoff; distances below, inside, at and beyond the grid."""
