@@ -295,9 +295,11 @@ class _EdgeVec(torch.autograd.Function):
             edge_mol = edge_mol.clamp(min=0) if edge_mol is not None else None
         grad_pos = grad_box = None
         if ctx.needs_input_grad[0]:
+            # scatter_add, not index_add: the same sums in the same order on CPU (bitwise), 3.6x
+            # faster there (64 g2 molecules, 3841 edges: 83 vs 297 us; 1029 waters: 1.5 vs 6.6 ms)
             grad_pos = torch.zeros(ctx.n_atoms, 3, dtype=g.dtype, device=g.device)
-            grad_pos = grad_pos.index_add(0, edge_index[0], g)
-            grad_pos = grad_pos.index_add(0, edge_index[1], g, alpha=-1)
+            grad_pos = grad_pos.scatter_add(0, edge_index[0, :, None].expand(-1, 3), g)
+            grad_pos = grad_pos.scatter_add(0, edge_index[1, :, None].expand(-1, 3), -g)
         if ctx.has_box and ctx.needs_input_grad[1]:
             if ctx.n_mol == 1:
                 grad_box = (shifts.t() @ g).unsqueeze(0)
@@ -379,16 +381,16 @@ def _edge_tensors(
     dist: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Autograd-ready (edge_vec, edge_dist) from the extension's output."""
-    edge_vec, edge_dist = _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
     if pos.dtype != torch.float64:
         # The vectors are float64 results rounded once (for open boundaries that is bitwise
         # pos[i] - pos[j] in float32; with a box it avoids float32 cancellation for atoms far
         # outside the cell). The distance is taken in float32 from them, as torchmd-net does:
         # its sqrt in float64 differs by 1 ulp, which a 3-layer model amplifies to ~2e-6
-        # relative in the energy, beyond the parity tolerance.
-        i, j = edge_index
-        edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
-    return edge_vec, edge_dist
+        # relative in the energy, beyond the parity tolerance. Exactly 0 on self-loops (zero
+        # vectors); the gradient is _EdgeDist's, as for float64 and the static graph (recording
+        # the norm in autograd instead cost ~0.3 ms per call on 64 g2 molecules).
+        dist = torch.linalg.vector_norm(vec, dim=-1)
+    return _attach_grad(pos, boxes, batch, edge_index, shifts, vec, dist)
 
 
 def reject_coincident(nl: NeighborList) -> None:
