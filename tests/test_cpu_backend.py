@@ -278,9 +278,11 @@ def test_spline_locate_kernel():
 
 @pytest.mark.parametrize("activation", ["silu", "tanh", "sigmoid", "ssp", "mish"])
 @pytest.mark.parametrize("rows", [5, 40])  # on the calling thread / one parallel region
-def test_row_stack_kernels(activation, rows):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_row_stack_kernels(activation, rows, dtype):
     """LayerNorm + linear (+ activation) stacks (cpu_rows_fwd / cpu_rows_bwd) against torch's
-    modules and autograd in float64, the last layer without activation as in the head."""
+    modules and autograd in float64, the last layer without activation as in the head (float32:
+    the compiled GEMM and, for SiLU / sigmoid, the compiled activations)."""
     if cpu_backend._ext() is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     torch.manual_seed(rows)
@@ -289,18 +291,24 @@ def test_row_stack_kernels(activation, rows):
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
+        for lin in lins:  # weights of O(1) so the activations see arguments well beyond +-1
+            lin.weight.mul_(3.0)
     stack = cpu_backend._RowStack(
-        norm, [(lins[0], True), (lins[1], True), (lins[2], False)], activation
+        copy.deepcopy(norm).to(dtype),
+        [(copy.deepcopy(lins[0]).to(dtype), True), (copy.deepcopy(lins[1]).to(dtype), True)]
+        + [(copy.deepcopy(lins[2]).to(dtype), False)],
+        activation,
     )
     act = cpu_backend.ACTIVATION_FUNCTIONS[activation]
     x = torch.randn(rows, 12, dtype=torch.float64, requires_grad=True)
     ref = lins[2](act(lins[1](act(lins[0](norm(x))))))
     g = torch.randn_like(ref)
     (gx_ref,) = torch.autograd.grad(ref, x, g)
-    out, tape = stack.forward(x.detach())
+    out, tape = stack.forward(x.detach().to(dtype))
     # the head's output is an energy, the input gradient a force-like quantity
-    assert_close(out, ref.detach(), torch.float64, "energy", "row stack output")
-    assert_close(stack.backward(g, tape), gx_ref, torch.float64, "forces", "row stack gradient")
+    assert_close(out.double(), ref.detach(), dtype, "energy", "row stack output")
+    gx = stack.backward(g.to(dtype), tape)
+    assert_close(gx.double(), gx_ref, dtype, "forces", "row stack gradient")
 
 
 @pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 40])  # 6-row tiles and their tails; 40: 2 threads
