@@ -174,16 +174,18 @@ def test_periodic_lattice_shift_and_translation(models):
 
 
 def test_cutoff_larger_than_half_the_cell(models):
-    """A 7 A cell with r_c = 4 A: an atom sees several images of the same neighbour. The
-    periodic energy equals that of an explicit 3x3x3 supercell divided by 27."""
+    """A 7 A cell with r_c = 4 A: an atom sees several images of the same neighbour (and of
+    itself). The periodic energy equals that of an explicit 3x3x3 supercell divided by 27, and
+    every copy of an atom in the supercell feels the force it feels in the small cell."""
     model = models["O(3)"]
     z, pos, box = water_box(2, spacing=3.5, seed=6)
-    e, _ = model(z, pos, box=box)
+    e, f = model(z, pos, box=box)
     shifts = torch.cartesian_prod(*[torch.arange(3, dtype=F64)] * 3) @ box
     big_pos = (pos[None] + shifts[:, None]).reshape(-1, 3)
     big_z = z.repeat(27)
-    e_big, _ = model(big_z, big_pos, box=3 * box)
+    e_big, f_big = model(big_z, big_pos, box=3 * box)
     assert_close(e_big / 27, e, F64, "energy", "supercell")
+    assert_close(f_big, f.repeat(27, 1), F64, "forces", "supercell")
 
 
 def test_deterministic(models):
