@@ -258,7 +258,8 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
   }
 }
 
-// message_bwd_rows over all receivers; returns dE/dd [E] (gy: see message_bwd_rows).
+// message_bwd_rows over all receivers; returns dE/dd [E] (gy, and the pairs whose two values
+// land on one edge: see message_bwd_rows).
 at::Tensor message_bwd_into(const at::Tensor& row_ptr, const at::Tensor& col, const at::Tensor& y,
                             const at::Tensor& gm, const at::Tensor& tab,
                             const c10::optional<at::Tensor>& dtab, const at::Tensor& idx,
