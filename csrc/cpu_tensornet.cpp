@@ -2,11 +2,12 @@
 // torch fallback of every function here). Tensors per atom and channel are 9 coefficients in an
 // orthonormal basis: 0 = I, 1..3 = A, 4..8 = S; filters are 3F vectors blocked I | A | S.
 //
-// One thread owns one receiver row of the CSR (edges sorted by receiver), so the forward needs
-// no atomics: per edge the filter (3F) is formed in a thread-local buffer and the 9F message is
-// accumulated in another, never stored per edge. The dE/dY backward uses the graph's symmetry
-// (edge (i, j, s) has the reverse (j, i, -s) with the same distance, hence the same filter):
-// dE/dY_i = sum_j f_ij (*) dE/dM_j is again a receiver-CSR gather.
+// Each thread owns a contiguous slice of receiver rows of the CSR (edges sorted by receiver), so
+// the passes need no atomics: per edge the filter (3F) is formed in a thread-local buffer and the
+// 9F message is accumulated into the receiver's row, never stored per edge. The dE/dY backward
+// uses the graph's symmetry (edge (i, j, s) has the reverse (j, i, -s) with the same distance,
+// hence the same filter): dE/dY_i = sum_j f_ij (*) dE/dM_j is again a receiver-CSR gather, and
+// a pair with both ends in one thread's slice is evaluated once for both directions.
 //
 // Filter source per edge e: `tab` [U, 1, 3F] rows picked by idx[e] (exact mode: one row per
 // distinct distance, derivative rows in `dtab`), or a quintic spline `tab` [n, 6, 3F] (tabulated
@@ -179,31 +180,10 @@ void message_fwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
   }
 }
 
-// M = message_fwd_rows over all receivers.  y [N, 9, F] -> [N, 9, F]
-at::Tensor cpu_message_fwd(const at::Tensor& row_ptr, const at::Tensor& col, const at::Tensor& y,
-                           const at::Tensor& tab, const at::Tensor& idx,
-                           const c10::optional<at::Tensor>& s, double inv_h) {
-  check(row_ptr, col, tab, idx);
-  TORCH_CHECK(y.is_contiguous() && y.dim() == 3 && y.size(1) == 9, "y must be [N, 9, F]");
-  const int64_t n = y.size(0), nf = y.size(2);
-  TORCH_CHECK(tab.size(2) == 3 * nf, "filter width must be 3F");
-  auto out = at::empty_like(y);
-  TNF_DISPATCH(y, [&](auto zero) {
-    using T = decltype(zero);
-    const auto src = make_source<T>(tab, c10::nullopt, idx, s, inv_h);
-    at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-      std::vector<T> f(3 * nf);
-      message_fwd_rows<T>(src, row_ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
-                          y.data_ptr<T>(), out.data_ptr<T>(), nf, lo, hi, f.data());
-    });
-  });
-  return out;
-}
-
-// Backward of cpu_message_fwd given gm = dE/dM [N, 9, F], for the receivers i in [lo, hi):
+// Backward of message_fwd_rows given gm = dE/dM [N, 9, F], for the receivers i in [lo, hi):
 //   gd[e] = sum_{k,c} f'_e[blk(k), c] gm[i, k, c] y[j, k, c]   (dE/dd per edge of row i)
 //   gy[i] += sum_{e in row i} f_e (*) gm[col_e]                 (symmetric graph, see top)
-// gyp: [N, 9, F] to ADD dE/dY into, or null to skip it. f, fp: 3F scratch each.
+// gyp: [N, 9, F] to ADD dE/dY into. f, fp: 3F scratch each.
 // An edge whose sender j is also in [lo, hi) (j != i) is handled once for both directions:
 // its reverse edge (j, i, -s) has the same filter, so the edge with j > i gets gd of both
 // (dE/dd_e + dE/dd_rev, which the chain rule to positions and cell treats exactly like the two
@@ -217,7 +197,7 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
   for (int64_t i = lo; i < hi; ++i) {
     const T* gi = gp + i * 9 * nf;
     const T* yi = yp + i * 9 * nf;
-    T* acc = gyp ? gyp + i * 9 * nf : nullptr;
+    T* acc = gyp + i * 9 * nf;
     for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
       const int64_t j = cj[e];
       const bool both = j != i && j >= lo && j < hi;
@@ -229,57 +209,10 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
       const T* yj = yp + j * 9 * nf;
       const T* gj = gp + j * 9 * nf;
       gdp[e] = blocked_dot(fp, gi, yj, nf) + (both ? blocked_dot(fp, gj, yi, nf) : T(0));
-      if (acc) {
-        add_filtered(f, gj, acc, nf);
-        if (both) add_filtered(f, gi, gyp + j * 9 * nf, nf);
-      }
+      add_filtered(f, gj, acc, nf);
+      if (both) add_filtered(f, gi, gyp + j * 9 * nf, nf);
     }
   }
-}
-
-// message_bwd_rows over all receivers; returns dE/dd [E] (gy, and the pairs whose two values
-// land on one edge: see message_bwd_rows).
-at::Tensor message_bwd_into(const at::Tensor& row_ptr, const at::Tensor& col, const at::Tensor& y,
-                            const at::Tensor& gm, const at::Tensor& tab,
-                            const c10::optional<at::Tensor>& dtab, const at::Tensor& idx,
-                            const c10::optional<at::Tensor>& s, double inv_h,
-                            const c10::optional<at::Tensor>& gy) {
-  check(row_ptr, col, tab, idx);
-  TORCH_CHECK(y.is_contiguous() && gm.is_contiguous() && y.sizes() == gm.sizes(),
-              "y and gm must be contiguous [N, 9, F]");
-  TORCH_CHECK(tab.size(1) == 6 || dtab.has_value(), "exact mode needs dtab");
-  TORCH_CHECK(!gy.has_value() || (gy->is_contiguous() && gy->sizes() == y.sizes()),
-              "gy must be contiguous [N, 9, F]");
-  const int64_t n = y.size(0), nf = y.size(2);
-  auto gd = at::empty({col.size(0)}, y.options());
-  TNF_DISPATCH(y, [&](auto zero) {
-    using T = decltype(zero);
-    const auto src = make_source<T>(tab, dtab, idx, s, inv_h);
-    T* gyp = gy.has_value() ? gy->data_ptr<T>() : nullptr;
-    at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-      std::vector<T> f(3 * nf), fp(3 * nf);
-      message_bwd_rows<T>(src, row_ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
-                          y.data_ptr<T>(), gm.data_ptr<T>(), gd.data_ptr<T>(), gyp, nf, lo, hi,
-                          f.data(), fp.data());
-    });
-  });
-  return gd;
-}
-
-// (dE/dd [E], dE/dY [N, 9, F] or an empty tensor when need_gy is false)
-std::vector<at::Tensor> cpu_message_bwd(const at::Tensor& row_ptr, const at::Tensor& col,
-                                        const at::Tensor& y, const at::Tensor& gm,
-                                        const at::Tensor& tab,
-                                        const c10::optional<at::Tensor>& dtab,
-                                        const at::Tensor& idx,
-                                        const c10::optional<at::Tensor>& s, double inv_h,
-                                        bool need_gy) {
-  if (!need_gy)
-    return {message_bwd_into(row_ptr, col, y, gm, tab, dtab, idx, s, inv_h, c10::nullopt),
-            at::empty({0}, y.options())};
-  auto gy = at::zeros_like(y);
-  auto gd = message_bwd_into(row_ptr, col, y, gm, tab, dtab, idx, s, inv_h, gy);
-  return {gd, gy};
 }
 
 // Per edge the 9 geometric factors multiplying f^I, f^A, f^S: (sqrt3, sqrt2 rhat, S-basis
@@ -1476,19 +1409,11 @@ std::vector<at::Tensor> cpu_spline_locate(const at::Tensor& d, double lo, double
   return {k, s};
 }
 
-// Whether gemm_slice calls BLAS directly (true) or falls back to at::mm (diagnostics).
-bool cpu_blas_available() {
-  return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
-  m.def("cpu_message_fwd", &cpu_message_fwd);
-  m.def("cpu_message_bwd", &cpu_message_bwd);
   m.def("cpu_embed_fwd", &cpu_embed_fwd);
   m.def("cpu_embed_bwd", &cpu_embed_bwd);
-  m.def("cpu_blas_available", &cpu_blas_available);
   m.def("cpu_gemm_pack", &cpu_gemm_pack);
   m.def("cpu_layer_fwd", &cpu_layer_fwd);
   m.def("cpu_layer_bwd", &cpu_layer_bwd);

@@ -578,7 +578,7 @@ def _ext():
         try:
             from . import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
 
-            if hasattr(torch.ops.tensornet_fast, "cpu_message_fwd"):
+            if hasattr(torch.ops.tensornet_fast, "cpu_layer_fwd"):
                 ops = torch.ops.tensornet_fast
         except ImportError:
             pass
@@ -592,6 +592,8 @@ def _grad_rhat(ggeo: Tensor, rhat: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- autograd glue
+# The torch path's edge passes (used when the extension is not built, or with USE_EXTENSION
+# False); with the extension, _FusedModel runs the compiled kernels instead.
 class _MessagePass(torch.autograd.Function):
     @staticmethod
     @record_function("tnf.cpu.message_fwd")
@@ -599,26 +601,15 @@ class _MessagePass(torch.autograd.Function):
         ctx.g, ctx.filt = g, filt
         y = y.contiguous()
         ctx.save_for_backward(y)
-        ops = _ext()
-        if ops is None:
-            return message_forward(y, g, filt)
-        tab, _, idx, s, inv_h = filt.kernel_args(False)
-        return ops.cpu_message_fwd(g.row_ptr, g.j, y, tab, idx, s, inv_h)
+        return message_forward(y, g, filt)
 
     @staticmethod
     @once_differentiable
     @record_function("tnf.cpu.message_bwd")
     def backward(ctx, gm):
         (y,) = ctx.saved_tensors
-        ops, need_y = _ext(), ctx.needs_input_grad[1]
-        if ops is None:
-            gd, gy = message_backward(y, gm.contiguous(), ctx.g, ctx.filt, need_y)
-        else:
-            tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
-            gd, gy = ops.cpu_message_bwd(
-                ctx.g.row_ptr, ctx.g.j, y, gm.contiguous(), tab, dtab, idx, s, inv_h, need_y
-            )
-            gy = gy if need_y else None
+        need_y = ctx.needs_input_grad[1]
+        gd, gy = message_backward(y, gm.contiguous(), ctx.g, ctx.filt, need_y)
         gv = ctx.g.edge_vec_grad(gd, None) if ctx.needs_input_grad[0] else None
         return gv, gy, None, None
 
@@ -628,24 +619,15 @@ class _EmbeddingPass(torch.autograd.Function):
     @record_function("tnf.cpu.embedding_fwd")
     def forward(ctx, edge_vec, g, filt, ztab, pair):
         ctx.g, ctx.filt, ctx.ztab, ctx.pair = g, filt, ztab, pair
-        ops = _ext()
-        if ops is None:
-            return embedding_forward(g, filt, ztab, pair)
-        tab, _, idx, s, inv_h = filt.kernel_args(False)
-        return ops.cpu_embed_fwd(g.row_ptr, g.rhat, ztab, pair, tab, idx, s, inv_h)
+        return embedding_forward(g, filt, ztab, pair)
 
     @staticmethod
     @once_differentiable
     @record_function("tnf.cpu.embedding_bwd")
     def backward(ctx, gr):
-        ops, g = _ext(), ctx.g
-        if ops is None:
-            gd, grh = embedding_backward(gr.contiguous(), g, ctx.filt, ctx.ztab, ctx.pair)
-            return g.edge_vec_grad(gd, grh), None, None, None, None
-        # the chain rule through rhat and d to edge_vec is in the kernel
-        tab, dtab, idx, s, inv_h = ctx.filt.kernel_args(True)
-        args = (ctx.ztab, ctx.pair, gr.contiguous(), tab, dtab, idx, s, inv_h)
-        return ops.cpu_embed_bwd(g.row_ptr, g.rhat, g.d, *args), None, None, None, None
+        g = ctx.g
+        gd, grh = embedding_backward(gr.contiguous(), g, ctx.filt, ctx.ztab, ctx.pair)
+        return g.edge_vec_grad(gd, grh), None, None, None, None
 
 
 # ----------------------------------------------------------------------------- the model
