@@ -286,18 +286,27 @@ at::Tensor cpu_embed_fwd(const at::Tensor& row_ptr, const at::Tensor& rhat, cons
 //   ggeo[e, k] = sum_c f_e[blk(k), c] Z[c] gr[i, k, c]
 //   grhat      = d(geo)/d(rhat)^T ggeo, and with rhat = v / d:
 //   dE/dv      = gd rhat + (grhat - (grhat . rhat) rhat) / d      (0 on self-loops, d = 0)
+// With raw = R and gsq = dE/d(sum_k R_k^2) [N, F] given, gr + 2 R gsq is used instead of gr (the
+// squared norm feeding the embedding MLP; added per row here instead of an aten addcmul over
+// [N, 9, F], ~0.3 ms of the 64-g2 call).
 at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
                                       const at::Tensor& dist, const at::Tensor& ztab,
                                       const at::Tensor& pair, const at::Tensor& gr,
                                       const at::Tensor& tab, const c10::optional<at::Tensor>& dtab,
                                       const at::Tensor& idx, const c10::optional<at::Tensor>& s,
-                                      double inv_h) {
+                                      double inv_h, const c10::optional<at::Tensor>& raw,
+                                      const c10::optional<at::Tensor>& gsq) {
   check(row_ptr, pair, tab, idx);
   TORCH_CHECK(gr.is_contiguous() && rhat.is_contiguous() && dist.is_contiguous() &&
                   ztab.is_contiguous(),
               "gr, rhat, dist, ztab must be contiguous");
   TORCH_CHECK(tab.size(1) == 6 || dtab.has_value(), "exact mode needs dtab");
   const int64_t n = row_ptr.size(0) - 1, nf = ztab.size(1);
+  TORCH_CHECK(raw.has_value() == gsq.has_value(), "raw and gsq go together");
+  TORCH_CHECK(!raw.has_value() || (raw->is_contiguous() && raw->sizes() == gr.sizes() &&
+                                   gsq->is_contiguous() && gsq->dim() == 2 &&
+                                   gsq->size(0) == n && gsq->size(1) == nf),
+              "raw must be contiguous like gr, gsq contiguous [N, F]");
   const int64_t ne = pair.size(0);
   auto gv = at::empty({ne, 3}, gr.options());
   TNF_DISPATCH(gr, [&](auto zero) {
@@ -309,13 +318,24 @@ at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
     const T* dp = dist.data_ptr<T>();
     const T* zp = ztab.data_ptr<T>();
     const T* grp = gr.data_ptr<T>();
+    const T* rawp = raw.has_value() ? raw->data_ptr<T>() : nullptr;
+    const T* gsqp = gsq.has_value() ? gsq->data_ptr<T>() : nullptr;
     T* gvp = gv.data_ptr<T>();
     const T s2 = T(1.41421356237309504880), s6 = T(2.44948974278317809820);
     at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-      std::vector<T> f(3 * nf), fp(3 * nf);
+      std::vector<T> f(3 * nf), fp(3 * nf), gbuf(rawp ? 9 * nf : 0);
       T g[9], gg[9];
       for (int64_t i = lo; i < hi; ++i) {
         const T* gi = grp + i * 9 * nf;
+        if (rawp) {  // dE/dR_k += 2 R_k dE/d(sum_k R_k^2): the embedding MLP's input is |R|^2
+          const T* ri = rawp + i * 9 * nf;
+          const T* qi = gsqp + i * nf;
+          for (int k = 0; k < 9; ++k)
+#pragma omp simd
+            for (int64_t c = 0; c < nf; ++c)
+              gbuf[k * nf + c] = gi[k * nf + c] + T(2) * ri[k * nf + c] * qi[c];
+          gi = gbuf.data();
+        }
         for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
           src.load(e, f.data(), fp.data());
           const T* z = zp + pp[e] * nf;

@@ -818,13 +818,13 @@ class _FusedModel(torch.autograd.Function):
         with _stage("embed_combine_bwd"):
             graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb, prep.w_emb_packed[1])
             gsq = prep.embedding_mlp.backward(gnorm, mlp_tape)
-            graw.addcmul_(raw, gsq[:, None, :], value=2.0)  # d(sum_k raw_k^2) = 2 raw
         with _stage("embedding_bwd"):
-            # the chain rule through rhat and d to edge_vec is in the kernel
+            # the chain rule through rhat and d to edge_vec is in the kernel, and so is the
+            # squared norm's 2 raw gsq (added to graw per row)
             tab, dtab, idx, s, inv_h = filters[0].kernel_args(True)
-            gv = ops.cpu_embed_bwd(
-                g.row_ptr, g.rhat, g.d, ctx.ztab, ctx.pair, graw, tab, dtab, idx, s, inv_h
-            )
+            edges = (g.row_ptr, g.rhat, g.d, ctx.ztab, ctx.pair)
+            filt = (tab, dtab, idx, s, inv_h)
+            gv = ops.cpu_embed_bwd(*edges, graw, *filt, raw, gsq.contiguous())
             if gd is not None:
                 gv.add_(g.edge_vec_grad(gd, None))
         return gv, None, None, None, None, None, None
