@@ -15,3 +15,4 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check tensornet_fast kernels tests bench
+	$(VENV)/bin/ruff format --check tensornet_fast kernels tests bench

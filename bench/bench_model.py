@@ -72,8 +72,15 @@ def make_checkpoints(models: list[tuple[int, int, int, float]], folder: str) -> 
         tag = roofline.model_tag(F, K, L, rc)
         path = os.path.join(folder, f"{tag}.ckpt")
         if not os.path.exists(path):
-            make_checkpoint(path, seed=7, embedding_dimension=F, num_rbf=K, num_layers=L,
-                            cutoff_upper=rc, max_z=20)
+            make_checkpoint(
+                path,
+                seed=7,
+                embedding_dimension=F,
+                num_rbf=K,
+                num_layers=L,
+                cutoff_upper=rc,
+                max_z=20,
+            )
         out[tag] = path
     return out
 
@@ -123,13 +130,19 @@ def run_worker(job: dict) -> list[dict]:
             system = systems.build(case["scenario"], case["size"], case["seed"])
             z = torch.as_tensor(system.z, device=device)
             batch = torch.as_tensor(system.batch, device=device)
-            box = None if system.box is None else torch.as_tensor(
-                system.box, dtype=torch.float32, device=device)
+            box = (
+                None
+                if system.box is None
+                else torch.as_tensor(system.box, dtype=torch.float32, device=device)
+            )
             rng = np.random.default_rng(1234)
             n_inputs = case["repeats"] + 1
             inputs = [
-                torch.as_tensor(system.pos + rng.normal(scale=0.01, size=system.pos.shape),
-                                dtype=torch.float32, device=device)
+                torch.as_tensor(
+                    system.pos + rng.normal(scale=0.01, size=system.pos.shape),
+                    dtype=torch.float32,
+                    device=device,
+                )
                 for _ in range(n_inputs)
             ]
 
@@ -138,11 +151,17 @@ def run_worker(job: dict) -> list[dict]:
             t0 = time.perf_counter()
             mem = harness.peak_memory_mb(functools.partial(step, -1), device)
             warm = time.perf_counter() - t0
-            timing = harness.time_call(step, device, repeats=case["repeats"],
-                                       warmup=0, max_seconds=case["max_seconds"])
+            timing = harness.time_call(
+                step, device, repeats=case["repeats"], warmup=0, max_seconds=case["max_seconds"]
+            )
             timing["warmup_s"] = warm
-            res.update(timing, peak_mem_mb=mem, notes=notes, threads=torch.get_num_threads(),
-                       maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            res.update(
+                timing,
+                peak_mem_mb=mem,
+                notes=notes,
+                threads=torch.get_num_threads(),
+                maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            )
         except Exception as exc:  # recorded as a skip with its reason, never silently
             res["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             traceback.print_exc()
@@ -155,20 +174,27 @@ def _spawn(job: dict, timeout: float) -> list[dict]:
         jpath, rpath = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(jpath, "w") as fh:
             json.dump(job, fh)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(
+                [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            ),
+        )
         cmd = [sys.executable, "-m", "bench.bench_model", "--worker", jpath, "--result", rpath]
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             why = f"timeout after {timeout:.0f} s"
             return [{"case": c["id"], "error": why} for c in job["cases"]]
         if proc.returncode != 0 or not os.path.exists(rpath):
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [""]
             why = "killed (out of memory?)" if proc.returncode in (-9, 137) else tail[0][:300]
-            return [{"case": c["id"], "error": f"worker exit {proc.returncode}: {why}"}
-                    for c in job["cases"]]
+            return [
+                {"case": c["id"], "error": f"worker exit {proc.returncode}: {why}"}
+                for c in job["cases"]
+            ]
         with open(rpath) as fh:
             return json.load(fh)
 
@@ -186,7 +212,8 @@ def _graph_stats(system: systems.System, cutoff: float) -> tuple[int, int]:
             import vesin
 
             i = vesin.NeighborList(cutoff=cutoff, full_list=True).compute(
-                system.pos, system.box, True, quantities="i")[0]
+                system.pos, system.box, True, quantities="i"
+            )[0]
             deg = np.bincount(i, minlength=system.atoms) + 1  # + self-loop
             return int(deg.sum()), int(deg.max())
         except ImportError:
@@ -208,30 +235,47 @@ def _parse_caps(items: list[str]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_model",
-                                description="end-to-end energy+forces vs torchmd-net")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_model", description="end-to-end energy+forces vs torchmd-net"
+    )
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (tiny model)")
     p.add_argument("--csv", default=harness.RESULTS_CSV)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default=None, help="where checkpoints are cached (default: temp)")
     p.add_argument("--scenario", default="water", choices=systems.SCENARIOS)
-    p.add_argument("--sizes", default="192", help="comma list: atoms (water, protein) or "
-                   "molecules (g2, random_mols); ignored for single")
+    p.add_argument(
+        "--sizes",
+        default="192",
+        help="comma list: atoms (water, protein) or "
+        "molecules (g2, random_mols); ignored for single",
+    )
     p.add_argument("--layers", default="2")
     p.add_argument("--cutoffs", default="5")
     p.add_argument("--features", type=int, default=128)
     p.add_argument("--rbf", type=int, default=32)
-    p.add_argument("--impls", default="auto",
-                   help="comma list of tensornet_fast:<backend>[/tabulated], torchmd-net:default, "
-                   "torchmd-net:pure; 'auto' = every available backend for --device (on CUDA "
-                   "also triton/tabulated) + both peers")
-    p.add_argument("--max-atoms", action="append", default=[], metavar="IMPL=N",
-                   help="skip IMPL above N atoms (recorded as a skip with this reason)")
+    p.add_argument(
+        "--impls",
+        default="auto",
+        help="comma list of tensornet_fast:<backend>[/tabulated], torchmd-net:default, "
+        "torchmd-net:pure; 'auto' = every available backend for --device (on CUDA "
+        "also triton/tabulated) + both peers",
+    )
+    p.add_argument(
+        "--max-atoms",
+        action="append",
+        default=[],
+        metavar="IMPL=N",
+        help="skip IMPL above N atoms (recorded as a skip with this reason)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=30.0, help="timing budget per case")
     p.add_argument("--timeout", type=float, default=900.0, help="per worker process")
-    p.add_argument("--isolate", choices=("case", "impl"), default=None,
-                   help="fresh process per (impl, case) [default] or per impl [--tiny]")
+    p.add_argument(
+        "--isolate",
+        choices=("case", "impl"),
+        default=None,
+        help="fresh process per (impl, case) [default] or per impl [--tiny]",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -247,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         args.features, args.rbf, args.layers, args.cutoffs = 16, 8, "1", "5"
         args.repeats, args.sizes = 2, "192" if args.scenario == "water" else "4"
     isolate = args.isolate or ("impl" if args.tiny else "case")
-    impls = (default_implementations(args.device) if args.impls == "auto"
-             else args.impls.split(","))
+    impls = default_implementations(args.device) if args.impls == "auto" else args.impls.split(",")
     caps = _parse_caps(args.max_atoms)
-    models = [(args.features, args.rbf, int(L), float(rc))
-              for rc in args.cutoffs.split(",") for L in args.layers.split(",")]
+    models = [
+        (args.features, args.rbf, int(L), float(rc))
+        for rc in args.cutoffs.split(",")
+        for L in args.layers.split(",")
+    ]
     sizes = [int(s) for s in args.sizes.split(",")] if args.scenario != "single" else [22]
 
     ckpt_dir = args.out_dir and os.path.join(args.out_dir, "checkpoints")
@@ -268,17 +314,31 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             system = systems.build(args.scenario, size)
             if system.box is not None and np.min(np.diag(system.box)) <= 2 * rc:
-                print(f"skip {system.name} {tag}: box {np.diag(system.box).min():.1f} Å <= 2 r_c "
-                      "(torchmd-net needs r_c < half the box)", file=sys.stderr)
+                print(
+                    f"skip {system.name} {tag}: box {np.diag(system.box).min():.1f} Å <= 2 r_c "
+                    "(torchmd-net needs r_c < half the box)",
+                    file=sys.stderr,
+                )
                 continue
             edges, max_deg = _graph_stats(system, rc)
-            cases.append({
-                "id": len(cases), "scenario": args.scenario, "size": size, "seed": 0,
-                "ckpt": ckpts[tag], "tag": tag, "model": (F, K, L, rc), "system": system.name,
-                "atoms": system.atoms, "molecules": system.molecules, "edges": edges,
-                "max_neighbors": int(max_deg * 1.25) + 16, "repeats": args.repeats,
-                "max_seconds": args.max_seconds,
-            })
+            cases.append(
+                {
+                    "id": len(cases),
+                    "scenario": args.scenario,
+                    "size": size,
+                    "seed": 0,
+                    "ckpt": ckpts[tag],
+                    "tag": tag,
+                    "model": (F, K, L, rc),
+                    "system": system.name,
+                    "atoms": system.atoms,
+                    "molecules": system.molecules,
+                    "edges": edges,
+                    "max_neighbors": int(max_deg * 1.25) + 16,
+                    "repeats": args.repeats,
+                    "max_seconds": args.max_seconds,
+                }
+            )
 
     env = harness.environment(args.device)
     rows, skips = [], []
@@ -298,9 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         elif todo:
             jobs.append((0, impl, todo))
     jobs.sort(key=lambda j: j[0])  # stable: keeps the implementation order within a case
-    payloads = [{"impl": impl, "device": args.device,
-                 "cases": [{k: v for k, v in c.items() if k != "model"} for c in group]}
-                for _, impl, group in jobs]
+    payloads = [
+        {
+            "impl": impl,
+            "device": args.device,
+            "cases": [{k: v for k, v in c.items() if k != "model"} for c in group],
+        }
+        for _, impl, group in jobs
+    ]
     t0 = time.perf_counter()
     if args.tiny:
         # smoke run: timings are meaningless anyway, so start all workers at once (their
@@ -321,26 +386,43 @@ def main(argv: list[str] | None = None) -> int:
             med = res["median_s"]
             family, backend = impl.split(":")
             backend, _, mode = backend.partition("/")
-            notes = [f"model={c['tag']}", f"scenario={c['scenario']}",
-                     f"isolate={isolate}", res.get("notes", ""),
-                     f"worker_maxrss_mb={res['maxrss_mb']:.0f}"]
+            notes = [
+                f"model={c['tag']}",
+                f"scenario={c['scenario']}",
+                f"isolate={isolate}",
+                res.get("notes", ""),
+                f"worker_maxrss_mb={res['maxrss_mb']:.0f}",
+            ]
             if args.tiny:
                 notes.append("tiny=1")
-            rows.append({
-                **env, "threads": res["threads"], "benchmark": "model",
-                "implementation": family, "backend": backend, "mode": mode or "exact",
-                "dtype": "float32", "system": c["system"], "atoms": c["atoms"],
-                "edges": c["edges"], "batch": c["molecules"],
-                **{k: res[k] for k in ("warmup_s", "median_s", "p20_s", "p80_s", "repeats")},
-                "ns_per_atom": med / c["atoms"] * 1e9, "peak_mem_mb": res["peak_mem_mb"],
-                "gflops": work.flops * c["atoms"] / med / 1e9,
-                "gbps": work.min_bytes * c["atoms"] / med / 1e9,
-                "notes": ";".join(n for n in notes if n),
-            })
+            rows.append(
+                {
+                    **env,
+                    "threads": res["threads"],
+                    "benchmark": "model",
+                    "implementation": family,
+                    "backend": backend,
+                    "mode": mode or "exact",
+                    "dtype": "float32",
+                    "system": c["system"],
+                    "atoms": c["atoms"],
+                    "edges": c["edges"],
+                    "batch": c["molecules"],
+                    **{k: res[k] for k in ("warmup_s", "median_s", "p20_s", "p80_s", "repeats")},
+                    "ns_per_atom": med / c["atoms"] * 1e9,
+                    "peak_mem_mb": res["peak_mem_mb"],
+                    "gflops": work.flops * c["atoms"] / med / 1e9,
+                    "gbps": work.min_bytes * c["atoms"] / med / 1e9,
+                    "notes": ";".join(n for n in notes if n),
+                }
+            )
             harness.append_rows(rows[-1:], args.csv)  # row by row: a killed sweep keeps its rows
-            print(f"{label}: median {med * 1e3:.2f} ms, {rows[-1]['ns_per_atom']:.0f} "
-                  f"ns/atom, warm-up {res['warmup_s']:.2f} s, peak +{res['peak_mem_mb']:.0f} "
-                  f"MB ({time.perf_counter() - t0:.0f} s since start)", file=sys.stderr)
+            print(
+                f"{label}: median {med * 1e3:.2f} ms, {rows[-1]['ns_per_atom']:.0f} "
+                f"ns/atom, warm-up {res['warmup_s']:.2f} s, peak +{res['peak_mem_mb']:.0f} "
+                f"MB ({time.perf_counter() - t0:.0f} s since start)",
+                file=sys.stderr,
+            )
     if skips and args.out_dir:
         with open(os.path.join(args.out_dir, "skipped.txt"), "a") as fh:
             fh.write("".join(s + "\n" for s in skips))

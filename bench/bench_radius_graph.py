@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 run(k)
                 cpu.append(time.process_time() - c0)
 
-            t = harness.time_call(timed, args.device, repeats=repeats, warmup=1,
-                                  max_seconds=5 if args.tiny else 60)
+            t = harness.time_call(
+                timed, args.device, repeats=repeats, warmup=1, max_seconds=5 if args.tiny else 60
+            )
             cpu_s = statistics.median(cpu[1:] or cpu)  # without the warm-up call
             peak = harness.peak_memory_mb(run, args.device)
             by_impl[name] = t["median_s"]
@@ -174,27 +175,36 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if name != "vesin" and "vesin" in by_impl:
                 notes.append(f"{by_impl['vesin'] / t['median_s']:.2f}x vesin")
-            rows.append({
-                **env,
-                "benchmark": "radius_graph",
-                "implementation": name,
-                "backend": version if name == "ours" else "",
-                "mode": "full list + vectors + distances",
-                "dtype": "float64",
-                "system": f"water_pbc_{n}",
-                "atoms": n,
-                "edges": edges,
-                "batch": 1,
-                **t,
-                "ns_per_atom": t["median_s"] / n * 1e9,
-                "peak_mem_mb": round(peak, 1),
-                "notes": "; ".join(notes),
-            })
-            print(f"{name:9s} {n:8d} atoms {edges:10d} edges median {t['median_s'] * 1e3:9.2f} ms "
-                  f"{t['median_s'] / n * 1e9:8.1f} ns/atom", file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    **env,
+                    "benchmark": "radius_graph",
+                    "implementation": name,
+                    "backend": version if name == "ours" else "",
+                    "mode": "full list + vectors + distances",
+                    "dtype": "float64",
+                    "system": f"water_pbc_{n}",
+                    "atoms": n,
+                    "edges": edges,
+                    "batch": 1,
+                    **t,
+                    "ns_per_atom": t["median_s"] / n * 1e9,
+                    "peak_mem_mb": round(peak, 1),
+                    "notes": "; ".join(notes),
+                }
+            )
+            print(
+                f"{name:9s} {n:8d} atoms {edges:10d} edges median {t['median_s'] * 1e3:9.2f} ms "
+                f"{t['median_s'] / n * 1e9:8.1f} ns/atom",
+                file=sys.stderr,
+                flush=True,
+            )
         if "ours" in by_impl and "vesin" in by_impl:
-            print(f"   ours vs vesin at {n}: {by_impl['vesin'] / by_impl['ours']:.2f}x",
-                  file=sys.stderr, flush=True)
+            print(
+                f"   ours vs vesin at {n}: {by_impl['vesin'] / by_impl['ours']:.2f}x",
+                file=sys.stderr,
+                flush=True,
+            )
     harness.append_rows(rows, args.csv)
     return 0
 

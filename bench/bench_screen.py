@@ -68,8 +68,12 @@ def make_library(directory: str, n: int, n_smiles: int, seed: int = 0) -> tuple[
         params = AllChem.ETKDGv3()
         params.randomSeed = k
         if AllChem.EmbedMolecule(mol, params) == 0:
-            confs.append((np.array([a.GetSymbol() for a in mol.GetAtoms()]),
-                          mol.GetConformer().GetPositions()))
+            confs.append(
+                (
+                    np.array([a.GetSymbol() for a in mol.GetAtoms()]),
+                    mol.GetConformer().GetPositions(),
+                )
+            )
     rng = np.random.default_rng(seed)
     xyz = os.path.join(directory, "lib.xyz")
     total = 0
@@ -131,18 +135,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         xyz, smi, n_atoms = make_library(d, n, n_smiles)
-        base = dict(env, benchmark="screen", implementation="tensornet_fast",
-                    backend=model.backend, dtype=str(model.dtype).replace("torch.", ""),
-                    batch=spec.atoms_per_batch)
+        base = dict(
+            env,
+            benchmark="screen",
+            implementation="tensornet_fast",
+            backend=model.backend,
+            dtype=str(model.dtype).replace("torch.", ""),
+            batch=spec.atoms_per_batch,
+        )
 
         def row(mode, system, atoms, timing, rate, extra=""):
-            rows.append(dict(base, mode=mode, system=system, atoms=atoms,
-                             ns_per_atom=f"{1e9 * timing['median_s'] / max(atoms, 1):.1f}",
-                             notes=f"molecules/s={rate:.1f}" + (f"; {extra}" if extra else ""),
-                             **{k: (f"{v:.4f}" if isinstance(v, float) else v)
-                                for k, v in timing.items()}))
-            print(f"{mode:11s} {system:18s} {rate:10.1f} molecules/s  ({timing['median_s']:.3f} s)",
-                  flush=True)
+            rows.append(
+                dict(
+                    base,
+                    mode=mode,
+                    system=system,
+                    atoms=atoms,
+                    ns_per_atom=f"{1e9 * timing['median_s'] / max(atoms, 1):.1f}",
+                    notes=f"molecules/s={rate:.1f}" + (f"; {extra}" if extra else ""),
+                    **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in timing.items()},
+                )
+            )
+            print(
+                f"{mode:11s} {system:18s} {rate:10.1f} molecules/s  ({timing['median_s']:.3f} s)",
+                flush=True,
+            )
 
         timing, rate = _screen_rate([xyz], spec, d, "xyz", repeats)
         row("xyz-e2e", f"druglike-{n}", n_atoms, timing, rate)
@@ -159,12 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             single_point(model, batches[0])  # first-call warm-up
         timing = time_call(model_only, args.device, repeats=repeats, warmup=0)
-        row("model-only", f"druglike-{n}", n_atoms, timing, n / timing["median_s"],
-            f"{len(batches)} batches")
+        row(
+            "model-only",
+            f"druglike-{n}",
+            n_atoms,
+            timing,
+            n / timing["median_s"],
+            f"{len(batches)} batches",
+        )
 
         timing, rate = _screen_rate([smi], spec, d, "smi", 1, parse_workers=0)
-        row("smiles-e2e", f"drugs-smiles-{n_smiles}", 0, timing, rate,
-            "ETKDG+H per molecule, 0 parser processes")
+        row(
+            "smiles-e2e",
+            f"drugs-smiles-{n_smiles}",
+            0,
+            timing,
+            rate,
+            "ETKDG+H per molecule, 0 parser processes",
+        )
 
         lines = open(xyz).read().splitlines(keepends=True)
         cut = 0
@@ -174,17 +203,31 @@ def main(argv: list[str] | None = None) -> int:
         with open(small, "w") as fh:
             fh.writelines(lines[:cut])
         k = sum(int(lines[i]) for i in range(0, cut) if lines[i].strip().isdigit())
-        rspec = ScreenSpec(device=args.device, batch_atoms=args.batch_atoms, relax=True,
-                           max_steps=relax_steps)
+        rspec = ScreenSpec(
+            device=args.device, batch_atoms=args.batch_atoms, relax=True, max_steps=relax_steps
+        )
         timing, rate = _screen_rate([small], rspec, d, "relax", 1)
-        row("xyz-relax", f"druglike-{n_relax}", k, timing, rate,
-            f"FIRE fmax=0.05 max {relax_steps} steps")
+        row(
+            "xyz-relax",
+            f"druglike-{n_relax}",
+            k,
+            timing,
+            rate,
+            f"FIRE fmax=0.05 max {relax_steps} steps",
+        )
 
         if not args.tiny and not args.no_dask and args.device == "cpu":
-            timing, rate = _screen_rate([xyz], ScreenSpec(device="cpu", threads=1), d, "dask", 1,
-                                        workers=2, shard_size=256)
-            row("xyz-dask2", f"druglike-{n}", n_atoms, timing, rate,
-                "LocalCluster 2 workers x 1 thread, incl. worker model load")
+            timing, rate = _screen_rate(
+                [xyz], ScreenSpec(device="cpu", threads=1), d, "dask", 1, workers=2, shard_size=256
+            )
+            row(
+                "xyz-dask2",
+                f"druglike-{n}",
+                n_atoms,
+                timing,
+                rate,
+                "LocalCluster 2 workers x 1 thread, incl. worker model load",
+            )
     append_rows(rows, args.csv)
     print(f"appended {len(rows)} rows to {args.csv}", file=sys.stderr)
     return 0

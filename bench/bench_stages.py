@@ -49,8 +49,9 @@ def _stage_times(model, z, pos, batch, box, device) -> dict[str, float]:
         i, j = nl.edge_index
         is_self = i == j
         safe = torch.where(is_self, torch.ones_like(nl.edge_dist), nl.edge_dist)
-        unit = torch.where(is_self[:, None], torch.zeros_like(nl.edge_vec),
-                           nl.edge_vec / safe[:, None])
+        unit = torch.where(
+            is_self[:, None], torch.zeros_like(nl.edge_vec), nl.edge_vec / safe[:, None]
+        )
         rbf = reference.radial_basis(rep, cfg, nl.edge_dist)
         phi = cosine_cutoff(nl.edge_dist, cfg.cutoff_lower, cfg.cutoff_upper)
         mark("radial basis")
@@ -60,8 +61,9 @@ def _stage_times(model, z, pos, batch, box, device) -> dict[str, float]:
         for k, layer in enumerate(rep.layers):
             x = reference.interaction(layer, cfg, x, nl.edge_index, rbf, phi, charge)
             mark(f"interaction {k}")
-        eps = reference.scalar_head(model.output_model.output_network.layers, cfg,
-                                    reference.atomic_features(rep, cfg, x))
+        eps = reference.scalar_head(
+            model.output_model.output_network.layers, cfg, reference.atomic_features(rep, cfg, x)
+        )
         energy = model.reduce_energy(eps, z, leaf, batch, box, 1)
         mark("output")
         (grad,) = torch.autograd.grad(energy.sum(), leaf)
@@ -71,8 +73,9 @@ def _stage_times(model, z, pos, batch, box, device) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_stages",
-                                description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_stages", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--csv", default=harness.RESULTS_CSV)
     p.add_argument("--device", default="cpu")
@@ -101,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         batch = torch.as_tensor(system.batch, device=dev)
         box = torch.as_tensor(system.box, dtype=torch.float32, device=dev)
         rng = np.random.default_rng(99)
-        inputs = [torch.as_tensor(system.pos + rng.normal(scale=0.01, size=system.pos.shape),
-                                  dtype=torch.float32, device=dev) for _ in range(args.repeats + 1)]
+        inputs = [
+            torch.as_tensor(
+                system.pos + rng.normal(scale=0.01, size=system.pos.shape),
+                dtype=torch.float32,
+                device=dev,
+            )
+            for _ in range(args.repeats + 1)
+        ]
         t0 = time.perf_counter()
         _stage_times(model, z, inputs[-1], batch, box, dev)  # warm-up
         warm = time.perf_counter() - t0
@@ -112,19 +121,37 @@ def main(argv: list[str] | None = None) -> int:
             ts = sorted(s[stage] for s in samples)
             q = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
             med = statistics.median(ts)
-            rows.append({
-                **env, "benchmark": "model_stage", "implementation": "tensornet_fast",
-                "backend": "reference", "mode": "exact", "dtype": "float32",
-                "system": system.name, "atoms": system.atoms, "edges": edges, "batch": 1,
-                "warmup_s": warm, "median_s": med, "p20_s": q[0], "p80_s": q[3],
-                "repeats": len(ts), "ns_per_atom": med / system.atoms * 1e9,
-                "notes": f"model={tag};stage={stage}" + (";tiny=1" if args.tiny else ""),
-            })
+            rows.append(
+                {
+                    **env,
+                    "benchmark": "model_stage",
+                    "implementation": "tensornet_fast",
+                    "backend": "reference",
+                    "mode": "exact",
+                    "dtype": "float32",
+                    "system": system.name,
+                    "atoms": system.atoms,
+                    "edges": edges,
+                    "batch": 1,
+                    "warmup_s": warm,
+                    "median_s": med,
+                    "p20_s": q[0],
+                    "p80_s": q[3],
+                    "repeats": len(ts),
+                    "ns_per_atom": med / system.atoms * 1e9,
+                    "notes": f"model={tag};stage={stage}" + (";tiny=1" if args.tiny else ""),
+                }
+            )
         total = statistics.median(s["total"] for s in samples)
-        print(f"{system.name} {tag}: " + ", ".join(
-            f"{r['notes'].split('stage=')[1].split(';')[0]} {100 * r['median_s'] / total:.0f}%"
-            for r in rows if r["system"] == system.name and "stage=total" not in r["notes"]),
-            file=sys.stderr)
+        print(
+            f"{system.name} {tag}: "
+            + ", ".join(
+                f"{r['notes'].split('stage=')[1].split(';')[0]} {100 * r['median_s'] / total:.0f}%"
+                for r in rows
+                if r["system"] == system.name and "stage=total" not in r["notes"]
+            ),
+            file=sys.stderr,
+        )
     harness.append_rows(rows, args.csv)
     return 0
 

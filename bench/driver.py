@@ -57,17 +57,26 @@ def _module(script: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sweep", nargs="?", default=DEFAULT_SWEEP,
-                   help=f"sweep file (.toml/.json), default {os.path.relpath(DEFAULT_SWEEP)}")
+    p.add_argument(
+        "sweep",
+        nargs="?",
+        default=DEFAULT_SWEEP,
+        help=f"sweep file (.toml/.json), default {os.path.relpath(DEFAULT_SWEEP)}",
+    )
     p.add_argument("--tiny", action="store_true", help="every run at its tiny size (smoke test)")
     p.add_argument("--csv", default=None, help="CSV to append to (default: OUT_DIR/results.csv)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out-dir", default=None,
-                   help="folder for CSV, PNG and markdown (default: bench/results)")
+    p.add_argument(
+        "--out-dir", default=None, help="folder for CSV, PNG and markdown (default: bench/results)"
+    )
     p.add_argument("--only", default=None, help="comma list of script names to run from the sweep")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for every run and worker (default: the sweep's 'threads', "
-                   "else torch's default); sets OMP_NUM_THREADS for the worker processes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for every run and worker (default: the sweep's 'threads', "
+        "else torch's default); sets OMP_NUM_THREADS for the worker processes",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--list", action="store_true", help="list the bench scripts and exit")
 
@@ -94,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         if only and r["script"] not in only:
             continue
         if r["script"] not in available_scripts():
-            print(f"[{k}] {r['script']}: no bench/bench_{r['script']}.py here, skipped",
-                  file=sys.stderr)
+            print(
+                f"[{k}] {r['script']}: no bench/bench_{r['script']}.py here, skipped",
+                file=sys.stderr,
+            )
             continue
         argv = list(r["tiny_args"] if args.tiny else r["args"])
         argv += ["--csv", csv, "--device", args.device] + (["--tiny"] if args.tiny else [])

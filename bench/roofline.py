@@ -70,8 +70,8 @@ def model_work(F: int, K: int, L: int, edges_per_atom: float, group: str = "O(3)
 
     # ---------------- per edge and layer ----------------
     # filter MLP K -> F -> 2F -> 3F (+ biases) = K.F + 2F^2 + 6F^2 MACs, SiLU on 6F, * phi on 3F
-    t["edge x layer: filter MLP"] = L * E * (
-        (K * F + 2 * F * F + 6 * F * F) * mac + 6 * F * 4 + 3 * F
+    t["edge x layer: filter MLP"] = (
+        L * E * ((K * F + 2 * F * F + 6 * F * F) * mac + 6 * F * 4 + 3 * F)
     )
     # message f^I I_j (F) + f^A A_j (3F) + f^S S_j (5F) accumulated into M_i: 9F MACs
     t["edge x layer: messages"] = L * E * 9 * F * mac
@@ -90,9 +90,9 @@ def model_work(F: int, K: int, L: int, edges_per_atom: float, group: str = "O(3)
     # ---------------- output ----------------
     # [3I^2, |A|^2, |S|^2] (9F MACs), LayerNorm(3F) ~24F, Linear 3F -> F + SiLU,
     # head F -> F/2 (SiLU) -> 1
-    t["atom: output head"] = 9 * F * mac + 24 * F + 3 * F * F * mac + 4 * F + (
-        F * F / 2 + F / 2
-    ) * mac + 2 * F
+    t["atom: output head"] = (
+        9 * F * mac + 24 * F + 3 * F * F * mac + 4 * F + (F * F / 2 + F / 2) * mac + 2 * F
+    )
 
     forward = sum(t.values())
     # force backward: every MAC once more (input adjoints only), element-wise ~2x; we charge the
@@ -143,14 +143,34 @@ def measure_ceilings(device: str = "cpu", tiny: bool = False) -> list[dict]:
     best_copy = t_copy["p20_s"]  # near-best, robust to one lucky sample
     best_gemm = t_gemm["p20_s"]
     rows = []
-    rows.append({**env, **t_copy, "benchmark": "ceiling", "implementation": "torch.copy_",
-                 "backend": "torch", "mode": "memcpy", "dtype": "float32",
-                 "system": f"copy_{n_bytes >> 20}MiB", "gbps": 2 * n_bytes / best_copy / 1e9,
-                 "notes": "GB/s from p20 time, read+write counted" + (";tiny=1" if tiny else "")})
-    rows.append({**env, **t_gemm, "benchmark": "ceiling", "implementation": "torch.mm",
-                 "backend": "torch", "mode": "gemm", "dtype": "float32", "system": f"gemm_{n}",
-                 "gflops": 2 * n**3 / best_gemm / 1e9,
-                 "notes": "GFLOP/s from p20 time, fp32 (no TF32)" + (";tiny=1" if tiny else "")})
+    rows.append(
+        {
+            **env,
+            **t_copy,
+            "benchmark": "ceiling",
+            "implementation": "torch.copy_",
+            "backend": "torch",
+            "mode": "memcpy",
+            "dtype": "float32",
+            "system": f"copy_{n_bytes >> 20}MiB",
+            "gbps": 2 * n_bytes / best_copy / 1e9,
+            "notes": "GB/s from p20 time, read+write counted" + (";tiny=1" if tiny else ""),
+        }
+    )
+    rows.append(
+        {
+            **env,
+            **t_gemm,
+            "benchmark": "ceiling",
+            "implementation": "torch.mm",
+            "backend": "torch",
+            "mode": "gemm",
+            "dtype": "float32",
+            "system": f"gemm_{n}",
+            "gflops": 2 * n**3 / best_gemm / 1e9,
+            "notes": "GFLOP/s from p20 time, fp32 (no TF32)" + (";tiny=1" if tiny else ""),
+        }
+    )
     return rows
 
 
@@ -194,8 +214,9 @@ def report(rows: list[dict], device_filter: str | None = None) -> tuple[list[dic
     rows = [r for r in rows if "tiny=1" not in (r.get("notes") or "")]
     if device_filter:
         rows = [r for r in rows if r["device"] == device_filter]
-    ceilings = latest([r for r in rows if r["benchmark"] == "ceiling"],
-                      lambda r: (r["device"], r["mode"]))
+    ceilings = latest(
+        [r for r in rows if r["benchmark"] == "ceiling"], lambda r: (r["device"], r["mode"])
+    )
     peak = {(r["device"], r["mode"]): float(r["gflops"] or r["gbps"]) for r in ceilings}
     models = latest(
         [r for r in rows if r["benchmark"] == "model" and model_of(r)],
@@ -209,13 +230,25 @@ def report(rows: list[dict], device_filter: str | None = None) -> tuple[list[dic
         if not bw or not fl:
             continue
         lines.append(f"### {dev}\n")
-        lines.append(f"Measured ceilings: memory copy {bw:.1f} GB/s, fp32 GEMM {fl:.1f} GFLOP/s "
-                     f"(ridge point {fl / bw:.1f} FLOP/B).\n")
-        lines.append("| model | system | atoms | edges/atom | GFLOP/atom-step | min B/atom-step "
-                     "| FLOP/B | implementation | median s | achieved GFLOP/s | % of roofline |")
+        lines.append(
+            f"Measured ceilings: memory copy {bw:.1f} GB/s, fp32 GEMM {fl:.1f} GFLOP/s "
+            f"(ridge point {fl / bw:.1f} FLOP/B).\n"
+        )
+        lines.append(
+            "| model | system | atoms | edges/atom | GFLOP/atom-step | min B/atom-step "
+            "| FLOP/B | implementation | median s | achieved GFLOP/s | % of roofline |"
+        )
         lines.append("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
-        for r in sorted(models, key=lambda r: (r["notes"], int(r["atoms"]), r["system"],
-                                               r["implementation"], r["backend"])):
+        for r in sorted(
+            models,
+            key=lambda r: (
+                r["notes"],
+                int(r["atoms"]),
+                r["system"],
+                r["implementation"],
+                r["backend"],
+            ),
+        ):
             if r["device"] != dev:
                 continue
             F, K, L, rc = model_of(r)
@@ -237,10 +270,13 @@ def report(rows: list[dict], device_filter: str | None = None) -> tuple[list[dic
 
 def work_table(F=128, K=32, L=2, edges_per_atom=53.0) -> str:
     w = model_work(F, K, L, edges_per_atom)
-    lines = [f"Work per atom-step, L{L} F{F} K{K}, {edges_per_atom:g} edges/atom "
-             f"(self-loop included): {w.flops / 1e6:.2f} MFLOP, >= {w.min_bytes:.0f} B "
-             f"({w.intensity:.0f} FLOP/B).\n",
-             "| term | MFLOP/atom-step | share |", "|---|---:|---:|"]
+    lines = [
+        f"Work per atom-step, L{L} F{F} K{K}, {edges_per_atom:g} edges/atom "
+        f"(self-loop included): {w.flops / 1e6:.2f} MFLOP, >= {w.min_bytes:.0f} B "
+        f"({w.intensity:.0f} FLOP/B).\n",
+        "| term | MFLOP/atom-step | share |",
+        "|---|---:|---:|",
+    ]
     for k, v in w.terms.items():
         lines.append(f"| {k} | {v / 1e6:.3f} | {100 * v / w.flops:.1f} % |")
     return "\n".join(lines) + "\n"
@@ -263,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     _, table = report(rows, device_filter=None)
     out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.csv))
     os.makedirs(out_dir, exist_ok=True)
-    text = ("# Roofline\n\nRegenerate: `python -m bench.roofline --csv "
-            f"{os.path.relpath(args.csv)}` (this run: {dev_name}).\n\n"
-            "FLOPs/bytes are the work model in bench/roofline.py (`model_work`), "
-            "charged equally to every implementation.\n\n"
-            + work_table(128, 32, 2, 53.0) + "\n" + table)
+    text = (
+        "# Roofline\n\nRegenerate: `python -m bench.roofline --csv "
+        f"{os.path.relpath(args.csv)}` (this run: {dev_name}).\n\n"
+        "FLOPs/bytes are the work model in bench/roofline.py (`model_work`), "
+        "charged equally to every implementation.\n\n" + work_table(128, 32, 2, 53.0) + "\n" + table
+    )
     with open(os.path.join(out_dir, "ROOFLINE.md"), "w") as fh:
         fh.write(text)
     print(table)

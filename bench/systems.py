@@ -137,7 +137,7 @@ def protein_like(target_atoms: int = 1231, seed: int = 0) -> System:
     radius = (3 * target_atoms / (4 * math.pi * density)) ** (1 / 3)
     spacing = density ** (-1 / 3)
     m = int(math.ceil(2 * radius / spacing)) + 2
-    grid = (np.stack(np.meshgrid(*[np.arange(m)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5)
+    grid = np.stack(np.meshgrid(*[np.arange(m)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5
     grid = grid * spacing - m * spacing / 2
     grid = grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")][:target_atoms]
     pos = grid + rng.uniform(-0.25, 0.25, size=grid.shape)

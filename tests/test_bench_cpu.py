@@ -19,8 +19,11 @@ pytest.importorskip("pytest_benchmark")
 @pytest.fixture(scope="module")
 def water():
     s = systems.water_box(81)  # 27 waters, periodic 9.3 Å box
-    return (torch.as_tensor(s.z), torch.as_tensor(s.pos, dtype=torch.float32),
-            torch.as_tensor(s.box, dtype=torch.float32))
+    return (
+        torch.as_tensor(s.z),
+        torch.as_tensor(s.pos, dtype=torch.float32),
+        torch.as_tensor(s.box, dtype=torch.float32),
+    )
 
 
 def test_reference_energy_forces_water_box(benchmark, water):

@@ -79,8 +79,7 @@ def test_roofline_and_plots_tiny(tmp_path):
     from bench import plots, roofline
 
     out = tmp_path / "rows.csv"
-    assert importlib.import_module("bench.bench_stages").main(
-        ["--tiny", "--csv", str(out)]) == 0
+    assert importlib.import_module("bench.bench_stages").main(["--tiny", "--csv", str(out)]) == 0
     assert roofline.main(["--tiny", "--csv", str(out), "--out-dir", str(tmp_path)]) == 0
     rows = _check_rows(str(out))
     ceilings = {r["mode"]: r for r in rows if r["benchmark"] == "ceiling"}
@@ -104,11 +103,18 @@ def test_driver_tiny_sweep(tmp_path):
     from bench.driver import main
 
     sweep = tmp_path / "sweep.json"
-    sweep.write_text(json.dumps({"threads": 1, "run": [
-        {"script": "stages"},
-        {"script": "no_such_script"},  # missing scripts are reported and skipped
-        {"script": "roofline"},
-    ]}))
+    sweep.write_text(
+        json.dumps(
+            {
+                "threads": 1,
+                "run": [
+                    {"script": "stages"},
+                    {"script": "no_such_script"},  # missing scripts are reported and skipped
+                    {"script": "roofline"},
+                ],
+            }
+        )
+    )
     assert main([str(sweep), "--tiny", "--out-dir", str(tmp_path)]) == 0
     rows = _check_rows(str(tmp_path / "results.csv"))
     assert {r["benchmark"] for r in rows} == {"model_stage", "ceiling"}

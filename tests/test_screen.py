@@ -24,8 +24,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MOLECULES = os.path.join(HERE, "..", "tensornet_fast", "data", "molecules.xyz")
 
 SDF_SMILES = ["CCO", "c1ccncc1", "CC(=O)Nc1ccc(O)cc1", "CCBr", "OCC(Cl)CS"]  # CCBr: z=35
-SMILES_LINES = ["smiles name", "CCO ethanol", "", "# comment", "C1CC( broken", "c1ccccc1O phenol",
-                "N#CC(N)=O", "[Na+].[Cl-] salt"]
+SMILES_LINES = [
+    "smiles name",
+    "CCO ethanol",
+    "",
+    "# comment",
+    "C1CC( broken",
+    "c1ccccc1O phenol",
+    "N#CC(N)=O",
+    "[Na+].[Cl-] salt",
+]
 
 
 def _embed(smiles: str, seed: int = 0):
@@ -86,8 +94,8 @@ def library(tmp_path_factory):
             pos = mol.GetConformer().GetPositions()
             # ETKDG puts single-atom fragments (the salt's ions) at the origin: coincident
             coincident = len(np.unique(pos, axis=0)) < len(pos)
-            expected[f"lib.smi:{idx}"] = None if coincident else (
-                np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), pos
+            expected[f"lib.smi:{idx}"] = (
+                None if coincident else (np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), pos)
             )
     return [str(sdf), str(xyz), str(smi)], expected
 
@@ -183,8 +191,10 @@ def test_poisoned_batch_falls_back_per_record(model):
     from tensornet_fast.screening.readers import Record
 
     frames = ase_io.read(MOLECULES, ":4")
-    recs = [Record(f"m:{k}", "", a.numbers.astype(np.int64), a.positions.copy())
-            for k, a in enumerate(frames)]
+    recs = [
+        Record(f"m:{k}", "", a.numbers.astype(np.int64), a.positions.copy())
+        for k, a in enumerate(frames)
+    ]
     pos = recs[2].pos
     pos[0] = pos[1] + 1e-12  # distinct in float64, identical in float32 (|pos[1]| ~ 0.6)
     rows = BatchEvaluator(model).rows(recs)
@@ -192,11 +202,15 @@ def test_poisoned_batch_falls_back_per_record(model):
     assert "coincide" in rows[2]["status"]
     ok = [k for k, r in enumerate(rows) if r["status"] == "ok"]
     got = torch.tensor([rows[k]["energy"] for k in ok], dtype=torch.float64)
-    ref = torch.cat([
-        model(torch.as_tensor(frames[k].numbers),
-              torch.as_tensor(frames[k].positions, dtype=model.dtype))[0].reshape(1)
-        for k in ok
-    ]).double()
+    ref = torch.cat(
+        [
+            model(
+                torch.as_tensor(frames[k].numbers),
+                torch.as_tensor(frames[k].positions, dtype=model.dtype),
+            )[0].reshape(1)
+            for k in ok
+        ]
+    ).double()
     assert_close(got, ref, model.dtype, "energy", "batch mates of a poisoned record")
 
 
@@ -209,24 +223,40 @@ def test_resume_after_interrupt(library, reference, model, tmp_path, suffix):
         def hook(n):
             if n == k:
                 raise KeyboardInterrupt
+
         return hook
 
     with pytest.raises(KeyboardInterrupt):
-        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7, parse_workers=0,
-               on_write=stop_after(3))
+        screen(
+            paths,
+            out,
+            ScreenSpec(**SMALL),
+            progress=False,
+            rows_per_part=7,
+            parse_workers=0,
+            on_write=stop_after(3),
+        )
     partial = read_results(out)
     assert 0 < len(partial) < len(expected)
     _by_id(partial)
     with pytest.raises(KeyboardInterrupt):  # a second interruption, on the resumed run
-        screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7, parse_workers=0,
-               on_write=stop_after(2))
+        screen(
+            paths,
+            out,
+            ScreenSpec(**SMALL),
+            progress=False,
+            rows_per_part=7,
+            parse_workers=0,
+            on_write=stop_after(2),
+        )
     middle = read_results(out)
     assert len(partial) < len(middle) < len(expected)
     if suffix == "csv":  # a hard kill mid-write leaves a torn line: resume cuts it off
         with open(out, "a") as fh:
             fh.write("lib.smi:99,torn")
-    stats = screen(paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7,
-                   parse_workers=0)
+    stats = screen(
+        paths, out, ScreenSpec(**SMALL), progress=False, rows_per_part=7, parse_workers=0
+    )
     assert stats.n_existing == len(middle)
     assert stats.n_rows == len(expected) - len(middle)
     _check_rows(read_results(out), library, reference, model)
@@ -248,8 +278,10 @@ def test_relax_matches_ase_fire(model, tmp_path):
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
             super().calculate(atoms, properties, system_changes)
-            e, f = model(torch.as_tensor(self.atoms.numbers),
-                         torch.as_tensor(self.atoms.positions, dtype=model.dtype))
+            e, f = model(
+                torch.as_tensor(self.atoms.numbers),
+                torch.as_tensor(self.atoms.positions, dtype=model.dtype),
+            )
             self.results = {"energy": e.item(), "forces": f.double().numpy()}
 
     frames = ase_io.read(MOLECULES, ":")[:5]
@@ -269,8 +301,7 @@ def test_relax_matches_ase_fire(model, tmp_path):
         converged = opt.run(fmax=0.05, steps=25)
         assert row["converged"] == bool(converged)
         assert abs(row["relax_steps"] - opt.nsteps) <= 1, (row["relax_steps"], opt.nsteps)
-        assert row["relaxed_energy"] == pytest.approx(a.get_potential_energy(), rel=1e-4,
-                                                      abs=1e-4)
+        assert row["relaxed_energy"] == pytest.approx(a.get_potential_energy(), rel=1e-4, abs=1e-4)
     assert any(rows[f"six.xyz:{k}"]["relax_steps"] > 0 for k in range(5))
 
 
@@ -286,19 +317,20 @@ def test_dask_cluster_interrupt_and_resume(library, reference, model, tmp_path):
         if n == 2:
             raise KeyboardInterrupt
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         address = cluster.scheduler_address
         assert address.startswith("tcp://127.0.0.1:")
         with pytest.raises(KeyboardInterrupt):
-            screen(paths, out, spec, scheduler=address, shard_size=4, progress=False,
-                   on_write=stop)
+            screen(paths, out, spec, scheduler=address, shard_size=4, progress=False, on_write=stop)
         n_partial = len(read_results(out))
         assert 0 < n_partial < len(expected)
         stats = screen(paths, out, spec, scheduler=address, shard_size=6, progress=False)
         with distributed.Client(address) as client:  # one long-lived model per worker
-            loads = client.run(lambda: __import__("tensornet_fast.screening.runner",
-                                                  fromlist=["_LOADS"])._LOADS[0])
+            loads = client.run(
+                lambda: __import__("tensornet_fast.screening.runner", fromlist=["_LOADS"])._LOADS[0]
+            )
         assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads
     assert stats.mode.startswith("dask") and stats.n_existing == n_partial
     _check_rows(read_results(out), library, reference, model)
@@ -308,8 +340,24 @@ def test_per_device_processes_and_cli(library, reference, model, tmp_path, capsy
     """The no-scheduler mode (one process per device) via the CLI, with devices cpu,cpu."""
     paths, _ = library
     out = str(tmp_path / "dev.parquet")
-    rc = cli_main(["screen", *paths, "--out", out, "--devices", "cpu,cpu", "--shard-size", "5",
-                   "--batch-atoms", "40", "--threads", "1", "--progress", "none"])
+    rc = cli_main(
+        [
+            "screen",
+            *paths,
+            "--out",
+            out,
+            "--devices",
+            "cpu,cpu",
+            "--shard-size",
+            "5",
+            "--batch-atoms",
+            "40",
+            "--threads",
+            "1",
+            "--progress",
+            "none",
+        ]
+    )
     assert rc == 0
     assert "molecules/s" in capsys.readouterr().err
     _check_rows(read_results(out), library, reference, model)
@@ -352,8 +400,13 @@ def test_total_charge_reaches_charge_models(tmp_path):
             assert abs(e.item() - charged(z, pos)[0].item()) > 1e-4  # the charge matters
         got.append(rows[f"ions.smi:{k}"]["energy"])
         ref.append(e.item())
-    assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
-                 charged.dtype, "energy", "charged molecules")
+    assert_close(
+        torch.tensor(got, dtype=torch.float64),
+        torch.tensor(ref, dtype=torch.float64),
+        charged.dtype,
+        "energy",
+        "charged molecules",
+    )
 
 
 def test_batches_respect_budget_and_sort_by_size():
@@ -362,8 +415,16 @@ def test_batches_respect_budget_and_sort_by_size():
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(1, 30, size=200)
-    recs = [Record(f"r:{k}", "", np.ones(n, np.int64), np.zeros((n, 3)),
-                   error="error: bad" if k % 17 == 0 else None) for k, n in enumerate(sizes)]
+    recs = [
+        Record(
+            f"r:{k}",
+            "",
+            np.ones(n, np.int64),
+            np.zeros((n, 3)),
+            error="error: bad" if k % 17 == 0 else None,
+        )
+        for k, n in enumerate(sizes)
+    ]
     groups = list(make_batches(recs, batch_atoms=64, window=50))
     flat = [r.id for g in groups for r in g]
     assert sorted(flat) == sorted(r.id for r in recs)  # every record exactly once
