@@ -226,29 +226,23 @@ def test_resume_after_interrupt(library, reference, model, tmp_path, suffix):
 
         return hook
 
-    with pytest.raises(KeyboardInterrupt):
-        screen(
-            paths,
-            out,
-            ScreenSpec(**SMALL),
-            progress=False,
-            rows_per_part=7,
-            parse_workers=0,
-            on_write=stop_after(3),
-        )
+    def interrupted_run(k):
+        with pytest.raises(KeyboardInterrupt):
+            screen(
+                paths,
+                out,
+                ScreenSpec(**SMALL),
+                progress=False,
+                rows_per_part=7,
+                parse_workers=0,
+                on_write=stop_after(k),
+            )
+
+    interrupted_run(3)
     partial = read_results(out)
     assert 0 < len(partial) < len(expected)
     _by_id(partial)
-    with pytest.raises(KeyboardInterrupt):  # a second interruption, on the resumed run
-        screen(
-            paths,
-            out,
-            ScreenSpec(**SMALL),
-            progress=False,
-            rows_per_part=7,
-            parse_workers=0,
-            on_write=stop_after(2),
-        )
+    interrupted_run(2)  # a second interruption, on the resumed run
     middle = read_results(out)
     assert len(partial) < len(middle) < len(expected)
     if suffix == "csv":  # a hard kill mid-write leaves a torn line: resume cuts it off
