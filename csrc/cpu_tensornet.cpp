@@ -143,6 +143,23 @@ inline void add_filtered(const T* f, const T* x, T* acc, int64_t nf) {
   }
 }
 
+// add_filtered for both edges of a pair (same filter) in one pass over f:
+// acc1 += f (*) x1, acc2 += f (*) x2
+template <typename T>
+inline void add_filtered2(const T* f, const T* x1, T* acc1, const T* x2, T* acc2, int64_t nf) {
+  for (int k = 0; k < 9; ++k) {
+    const T* fk = f + kBlock[k] * nf;
+    const T *x1k = x1 + k * nf, *x2k = x2 + k * nf;
+    T *a1k = acc1 + k * nf, *a2k = acc2 + k * nf;
+#pragma omp simd
+    for (int64_t c = 0; c < nf; ++c) {
+      const T fc = fk[c];
+      a1k[c] += fc * x1k[c];
+      a2k[c] += fc * x2k[c];
+    }
+  }
+}
+
 // sum_{k,c} f[blk(k), c] a[k, c] b[k, c] in one pass over the channels (one horizontal sum; per
 // component, the 9 sums' lane reductions were ~7% of the message backward's samples)
 template <typename T>
@@ -154,6 +171,26 @@ inline T blocked_dot(const T* f, const T* a, const T* b, int64_t nf) {
     for (int k = 1; k < 4; ++k) sa += a[k * nf + c] * b[k * nf + c];
     for (int k = 4; k < 9; ++k) ss += a[k * nf + c] * b[k * nf + c];
     sum += f[c] * a[c] * b[c] + f[nf + c] * sa + f[2 * nf + c] * ss;
+  }
+  return sum;
+}
+
+// blocked_dot(f, a1, b1) + blocked_dot(f, a2, b2) in one pass over f (both edges of a pair)
+template <typename T>
+inline T blocked_dot2(const T* f, const T* a1, const T* b1, const T* a2, const T* b2, int64_t nf) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < nf; ++c) {
+    T sa = T(0), ss = T(0);
+    for (int k = 1; k < 4; ++k) {
+      const int64_t o = k * nf + c;
+      sa += a1[o] * b1[o] + a2[o] * b2[o];
+    }
+    for (int k = 4; k < 9; ++k) {
+      const int64_t o = k * nf + c;
+      ss += a1[o] * b1[o] + a2[o] * b2[o];
+    }
+    sum += f[c] * (a1[c] * b1[c] + a2[c] * b2[c]) + f[nf + c] * sa + f[2 * nf + c] * ss;
   }
   return sum;
 }
@@ -174,8 +211,10 @@ void message_fwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
       const bool both = j != i && j >= lo && j < hi;
       if (both && j < i) continue;  // added with the reverse edge, in row j
       src.load(e, f, nullptr);
-      add_filtered(f, yp + j * 9 * nf, acc, nf);
-      if (both) add_filtered(f, yi, op + j * 9 * nf, nf);
+      if (both)
+        add_filtered2(f, yp + j * 9 * nf, acc, yi, op + j * 9 * nf, nf);
+      else
+        add_filtered(f, yp + j * 9 * nf, acc, nf);
     }
   }
 }
@@ -208,9 +247,13 @@ void message_bwd_rows(const FilterSource<T>& src, const int64_t* rp, const int64
       src.load(e, f, fp);
       const T* yj = yp + j * 9 * nf;
       const T* gj = gp + j * 9 * nf;
-      gdp[e] = blocked_dot(fp, gi, yj, nf) + (both ? blocked_dot(fp, gj, yi, nf) : T(0));
-      add_filtered(f, gj, acc, nf);
-      if (both) add_filtered(f, gi, gyp + j * 9 * nf, nf);
+      if (both) {
+        gdp[e] = blocked_dot2(fp, gi, yj, gj, yi, nf);
+        add_filtered2(f, gj, acc, gi, gyp + j * 9 * nf, nf);
+      } else {
+        gdp[e] = blocked_dot(fp, gi, yj, nf);
+        add_filtered(f, gj, acc, nf);
+      }
     }
   }
 }
