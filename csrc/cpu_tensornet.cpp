@@ -317,8 +317,9 @@ at::Tensor cpu_embed_fwd(const at::Tensor& row_ptr, const at::Tensor& rhat, cons
           const T* z = zp + pp[e] * nf;
           edge_geometry(rh + e * 3, g);
           add_geometry_block<T, 1>(f.data(), z, g, acc, nf);
-          if (g[1] != T(0) || g[2] != T(0) || g[3] != T(0) || g[4] != T(0) || g[5] != T(0) ||
-              g[6] != T(0) || g[7] != T(0) || g[8] != T(0)) {  // self-loops: the I block only
+          // rhat = 0 only on self-loops (the A factors sqrt2 rhat vanish, and so do the S ones):
+          // the I block only
+          if (g[1] != T(0) || g[2] != T(0) || g[3] != T(0)) {
             add_geometry_block<T, 3>(f.data() + nf, z, g + 1, acc + nf, nf);
             add_geometry_block<T, 5>(f.data() + 2 * nf, z, g + 4, acc + 4 * nf, nf);
           }
@@ -329,12 +330,13 @@ at::Tensor cpu_embed_fwd(const at::Tensor& row_ptr, const at::Tensor& rhat, cons
   return out;
 }
 
-// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F]: dE/d(edge_vec) [E, 3], from
+// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F] through the combine: dE/d(edge_vec) [E, 3],
+// from
 //   gd[e]      = sum_k geo[e, k] sum_c f'_e[blk(k), c] Z[c] gr[i, k, c]      (dE/dd)
 //   ggeo[e, k] = sum_c f_e[blk(k), c] Z[c] gr[i, k, c]
 //   grhat      = d(geo)/d(rhat)^T ggeo, and with rhat = v / d:
 //   dE/dv      = gd rhat + (grhat - (grhat . rhat) rhat) / d      (0 on self-loops, d = 0)
-// With raw = R and gsq = dE/d(sum_k R_k^2) [N, F] given, gr + 2 R gsq is used instead of gr (the
+// with gr + 2 R gsq in place of gr, raw = R [N, 9, F] and gsq = dE/d(sum_k R_k^2) [N, F] (the
 // squared norm feeding the embedding MLP; added per row here instead of an aten addcmul over
 // [N, 9, F], ~0.3 ms of the 64-g2 call).
 at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
@@ -342,18 +344,15 @@ at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
                                       const at::Tensor& pair, const at::Tensor& gr,
                                       const at::Tensor& tab, const c10::optional<at::Tensor>& dtab,
                                       const at::Tensor& idx, const c10::optional<at::Tensor>& s,
-                                      double inv_h, const c10::optional<at::Tensor>& raw,
-                                      const c10::optional<at::Tensor>& gsq) {
+                                      double inv_h, const at::Tensor& raw, const at::Tensor& gsq) {
   check(row_ptr, pair, tab, idx);
   TORCH_CHECK(gr.is_contiguous() && rhat.is_contiguous() && dist.is_contiguous() &&
                   ztab.is_contiguous(),
               "gr, rhat, dist, ztab must be contiguous");
   TORCH_CHECK(tab.size(1) == 6 || dtab.has_value(), "exact mode needs dtab");
   const int64_t n = row_ptr.size(0) - 1, nf = ztab.size(1);
-  TORCH_CHECK(raw.has_value() == gsq.has_value(), "raw and gsq go together");
-  TORCH_CHECK(!raw.has_value() || (raw->is_contiguous() && raw->sizes() == gr.sizes() &&
-                                   gsq->is_contiguous() && gsq->dim() == 2 &&
-                                   gsq->size(0) == n && gsq->size(1) == nf),
+  TORCH_CHECK(raw.is_contiguous() && raw.sizes() == gr.sizes() && gsq.is_contiguous() &&
+                  gsq.dim() == 2 && gsq.size(0) == n && gsq.size(1) == nf,
               "raw must be contiguous like gr, gsq contiguous [N, F]");
   const int64_t ne = pair.size(0);
   auto gv = at::empty({ne, 3}, gr.options());
@@ -366,24 +365,23 @@ at::Tensor cpu_embed_bwd(const at::Tensor& row_ptr, const at::Tensor& rhat,
     const T* dp = dist.data_ptr<T>();
     const T* zp = ztab.data_ptr<T>();
     const T* grp = gr.data_ptr<T>();
-    const T* rawp = raw.has_value() ? raw->data_ptr<T>() : nullptr;
-    const T* gsqp = gsq.has_value() ? gsq->data_ptr<T>() : nullptr;
+    const T* rawp = raw.data_ptr<T>();
+    const T* gsqp = gsq.data_ptr<T>();
     T* gvp = gv.data_ptr<T>();
     const T s2 = T(1.41421356237309504880), s6 = T(2.44948974278317809820);
     at::parallel_for(0, n, 8, [&](int64_t lo, int64_t hi) {
-      std::vector<T> f(3 * nf), fp(3 * nf), gbuf(rawp ? 9 * nf : 0);
+      std::vector<T> f(3 * nf), fp(3 * nf), gbuf(9 * nf);
       T g[9], gg[9];
       for (int64_t i = lo; i < hi; ++i) {
-        const T* gi = grp + i * 9 * nf;
-        if (rawp) {  // dE/dR_k += 2 R_k dE/d(sum_k R_k^2): the embedding MLP's input is |R|^2
-          const T* ri = rawp + i * 9 * nf;
-          const T* qi = gsqp + i * nf;
-          for (int k = 0; k < 9; ++k)
+        // dE/dR_k + 2 R_k dE/d(sum_k R_k^2): the embedding MLP's input is |R|^2
+        const T* gr_i = grp + i * 9 * nf;
+        const T* ri = rawp + i * 9 * nf;
+        const T* qi = gsqp + i * nf;
+        for (int k = 0; k < 9; ++k)
 #pragma omp simd
-            for (int64_t c = 0; c < nf; ++c)
-              gbuf[k * nf + c] = gi[k * nf + c] + T(2) * ri[k * nf + c] * qi[c];
-          gi = gbuf.data();
-        }
+          for (int64_t c = 0; c < nf; ++c)
+            gbuf[k * nf + c] = gr_i[k * nf + c] + T(2) * ri[k * nf + c] * qi[c];
+        const T* gi = gbuf.data();
         for (int64_t e = rp[i]; e < rp[i + 1]; ++e) {
           src.load(e, f.data(), fp.data());
           const T* z = zp + pp[e] * nf;
