@@ -504,6 +504,89 @@ inline void gemm_tile(const float* a, int64_t lda, int rows, const float* panel,
 }
 #undef TNF_TILE_ROW
 
+#if defined(__AVX512F__)
+// AVX-512 (32 registers of 16 floats): a tile is 6 rows x 4 panels (64 columns), 24
+// accumulators + 4 panel rows + 1 broadcast = 29 of 32 registers, 24 FMAs per 10 loads. The
+// same k-ordered FMA chain per output element as the AVX2 tile, so bitwise the same results.
+// Both layer ops on 64 g2 molecules (F=128, same-process A/B on a Xeon with AVX-512): this
+// tile 0.76x of the AVX2 one; 12 x 2 panels 0.78x, 14 x 2 0.76x, 7 x 4 0.77x.
+constexpr int kTileRows512 = 6;
+
+// One step k of row r: c_rq += a_r[k] * b_q for the tile's NP panels q.
+#define TNF_TILE512_ROW(r)                                              \
+  {                                                                     \
+    const __m512 av = _mm512_set1_ps(a##r[k]);                          \
+    c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0);                         \
+    if constexpr (NP > 1) c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1);   \
+    if constexpr (NP > 2) c##r##2 = _mm512_fmadd_ps(av, b2, c##r##2);   \
+    if constexpr (NP > 2) c##r##3 = _mm512_fmadd_ps(av, b3, c##r##3);   \
+  }
+#define TNF_TILE512_STORE(r)                                                          \
+  if (r < rows) {                                                                     \
+    float* cr = c + r * ldc;                                                          \
+    _mm512_storeu_ps(cr, _mm512_add_ps(c##r##0, z0));                                 \
+    if constexpr (NP > 1) _mm512_storeu_ps(cr + kPanel, _mm512_add_ps(c##r##1, z1));  \
+    if constexpr (NP > 2) _mm512_storeu_ps(cr + 2 * kPanel, _mm512_add_ps(c##r##2, z2)); \
+    if constexpr (NP > 2) _mm512_storeu_ps(cr + 3 * kPanel, _mm512_add_ps(c##r##3, z3)); \
+  }
+
+// c[0:rows, 0:16 NP] = a[0:rows, 0:nk] (NP consecutive panels) + bias, rows <= 6, NP in
+// {1, 2, 4}; named accumulators for the reason given at gemm_tile. Rows past `rows` re-read
+// row 0 and are not stored.
+template <int NP>
+inline void gemm_tile512(const float* a, int64_t lda, int rows, const float* panel,
+                         const float* bias, float* c, int64_t ldc, int64_t nk) {
+  static_assert(NP == 1 || NP == 2 || NP == 4, "1, 2 or 4 panels");
+  const float* a0 = a;
+  const float* a1 = rows > 1 ? a + lda : a;
+  const float* a2 = rows > 2 ? a + 2 * lda : a;
+  const float* a3 = rows > 3 ? a + 3 * lda : a;
+  const float* a4 = rows > 4 ? a + 4 * lda : a;
+  const float* a5 = rows > 5 ? a + 5 * lda : a;
+  const float* p1 = panel + (NP > 1 ? nk * kPanel : 0);  // the next panels (NP > 1 only)
+  const float* p2 = panel + (NP > 2 ? 2 * nk * kPanel : 0);
+  const float* p3 = panel + (NP > 2 ? 3 * nk * kPanel : 0);
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
+  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00, c40 = c00, c41 = c00, c42 = c00, c43 = c00;
+  __m512 c50 = c00, c51 = c00, c52 = c00, c53 = c00;
+  for (int64_t k = 0; k < nk; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(panel + k * kPanel);
+    const __m512 b1 = NP > 1 ? _mm512_loadu_ps(p1 + k * kPanel) : b0;
+    const __m512 b2 = NP > 2 ? _mm512_loadu_ps(p2 + k * kPanel) : b0;
+    const __m512 b3 = NP > 2 ? _mm512_loadu_ps(p3 + k * kPanel) : b0;
+    TNF_TILE512_ROW(0) TNF_TILE512_ROW(1) TNF_TILE512_ROW(2)
+    TNF_TILE512_ROW(3) TNF_TILE512_ROW(4) TNF_TILE512_ROW(5)
+  }
+  const auto bias_at = [&](int q) {
+    return bias && q < NP ? _mm512_loadu_ps(bias + q * kPanel) : _mm512_setzero_ps();
+  };
+  const __m512 z0 = bias_at(0), z1 = bias_at(1), z2 = bias_at(2), z3 = bias_at(3);
+  TNF_TILE512_STORE(0) TNF_TILE512_STORE(1) TNF_TILE512_STORE(2)
+  TNF_TILE512_STORE(3) TNF_TILE512_STORE(4) TNF_TILE512_STORE(5)
+}
+#undef TNF_TILE512_ROW
+#undef TNF_TILE512_STORE
+
+// c [n, N] = a [n, K] B + bias (bias [N] or null) with B packed (cpu_gemm_pack: [N/16, K, 16]);
+// rows in blocks of 6 (at most 6 x 2 KB of a here, kept in L1) against 4 panels at a time
+// (then 2, then 1 for the rest).
+inline void gemm_packed(const float* a, int64_t lda, const float* bp, const float* bias,
+                        float* c, int64_t ldc, int64_t n, int64_t nk, int64_t nn) {
+  for (int64_t i = 0; i < n; i += kTileRows512) {
+    const int rows = int(std::min<int64_t>(kTileRows512, n - i));
+    const float* ai = a + i * lda;
+    float* ci = c + i * ldc;
+    int64_t p = 0;
+    for (; p + 4 * kPanel <= nn; p += 4 * kPanel)
+      gemm_tile512<4>(ai, lda, rows, bp + p * nk, bias ? bias + p : nullptr, ci + p, ldc, nk);
+    for (; p + 2 * kPanel <= nn; p += 2 * kPanel)
+      gemm_tile512<2>(ai, lda, rows, bp + p * nk, bias ? bias + p : nullptr, ci + p, ldc, nk);
+    for (; p < nn; p += kPanel)
+      gemm_tile512<1>(ai, lda, rows, bp + p * nk, bias ? bias + p : nullptr, ci + p, ldc, nk);
+  }
+}
+#else
 // c [n, N] = a [n, K] B + bias (bias [N] or null) with B packed (cpu_gemm_pack: [N/16, K, 16]);
 // rows in blocks of 6 (at most 6 x 2 KB of a here, kept in L1) against every panel in turn.
 inline void gemm_packed(const float* a, int64_t lda, const float* bp, const float* bias,
@@ -515,6 +598,7 @@ inline void gemm_packed(const float* a, int64_t lda, const float* bp, const floa
                 ldc, nk);
   }
 }
+#endif  // __AVX512F__
 #else
 constexpr bool kPackedGemm = false;
 constexpr int64_t kPanel = 16;

@@ -314,18 +314,19 @@ def test_row_stack_kernels(activation, rows, dtype):
 @pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 40])  # 6-row tiles and their tails; 40: 2 threads
 def test_packed_gemm_kernel(rows):
     """The hand-written float32 GEMM (weights packed by cpu_gemm_pack) against float64 GEMMs:
-    the embedding combine (9 channel GEMMs per atom, F=32: two 16-column panels) forward and
-    backward, and a row stack 48 -> 32 -> 16 -> 1 (bias epilogue, K != N, K = 1 backward)."""
+    the embedding combine (9 channel GEMMs per atom, F=80: five 16-column panels, with AVX-512 a
+    4-panel tile and a 1-panel one) forward and backward, and a row stack 48 -> 32 -> 16 -> 1
+    (bias epilogue, K != N, K = 1 backward; 2-panel tiles and 2 + 1)."""
     ops = cpu_backend._ext()
     if ops is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     gen = torch.Generator().manual_seed(rows)
-    nf = 32
+    nf = 80
     w = torch.randn(3, nf, nf, generator=gen) / nf**0.5
     fwd, bwd = ops.cpu_gemm_pack(w, True), ops.cpu_gemm_pack(w, False)
     if fwd.numel() == 0:
         pytest.skip("built without AVX2/FMA: the ops use BLAS")
-    assert fwd.shape == bwd.shape == (3, 2, nf, 16)
+    assert fwd.shape == bwd.shape == (3, 5, nf, 16)
     assert ops.cpu_gemm_pack(w.double(), True).numel() == 0  # float64: BLAS
     assert ops.cpu_gemm_pack(w[:, :24], True).numel() == 0  # 24 outputs: not 16-column panels
     raw, norm = torch.randn(rows, 9, nf, generator=gen), torch.randn(rows, 3 * nf, generator=gen)
