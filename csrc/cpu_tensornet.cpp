@@ -1129,9 +1129,12 @@ std::vector<at::Tensor> cpu_embed_combine_bwd(const at::Tensor& gx, const at::Te
                                               const at::Tensor& w_packed) {
   check_node(p, w);
   TORCH_CHECK(gx.is_contiguous() && gx.sizes() == p.sizes(), "gx must be contiguous [N,9,F]");
+  TORCH_CHECK(norm.is_contiguous() && norm.dim() == 2 && norm.size(0) == p.size(0) &&
+                  norm.size(1) == 3 * p.size(2) && norm.scalar_type() == p.scalar_type(),
+              "norm must be contiguous [N, 3F] in p's dtype");
   const int64_t n = p.size(0), nf = p.size(2);
   auto gp = at::empty_like(p);
-  auto gn = at::zeros_like(norm);
+  auto gn = at::empty_like(norm);  // rows zeroed in the region (at::zeros: one more region)
   auto graw = at::empty_like(p);
   TNF_DISPATCH(p, [&](auto zero) {
     using T = decltype(zero);
@@ -1143,6 +1146,7 @@ std::vector<at::Tensor> cpu_embed_combine_bwd(const at::Tensor& gx, const at::Te
     const T* pk = packed_weights<T>(w_packed, w);
     node_region(n, [&](int t, int nt) {  // one region: the product, then GEMM, per slice
       const auto [lo, hi] = thread_slice(n, t, nt);
+      std::fill(gnp + lo * 3 * nf, gnp + hi * 3 * nf, T(0));
       for (int64_t i = lo; i < hi; ++i)
         for (int k = 0; k < 9; ++k) {
           const int64_t o = (i * 9 + k) * nf, ob = (i * 3 + kBlock[k]) * nf;
@@ -1163,12 +1167,14 @@ std::vector<at::Tensor> cpu_embed_combine_bwd(const at::Tensor& gx, const at::Te
 at::Tensor cpu_sq_norms(const at::Tensor& x, bool blocks) {
   TORCH_CHECK(x.is_contiguous() && x.dim() == 3 && x.size(1) == 9, "x must be [N, 9, F]");
   const int64_t n = x.size(0), nf = x.size(2);
-  auto out = at::zeros({n, blocks ? 3 * nf : nf}, x.options());
+  const int64_t width = blocks ? 3 * nf : nf;
+  auto out = at::empty({n, width}, x.options());  // zeroed per slice (at::zeros: a region more)
   TNF_DISPATCH(x, [&](auto zero) {
     using T = decltype(zero);
     const T* xp = x.data_ptr<T>();
     T* op = out.data_ptr<T>();
     at::parallel_for(0, n, kNodeGrain, [&](int64_t lo, int64_t hi) {
+      std::fill(op + lo * width, op + hi * width, T(0));
       for (int64_t i = lo; i < hi; ++i)
         for (int k = 0; k < 9; ++k) {
           const T* a = xp + (i * 9 + k) * nf;
