@@ -322,15 +322,18 @@ def plot_cpu_backend(rows: list[dict], device: str, path: str) -> bool:
     return True
 
 
-def cpu_backend_table(rows: list[dict]) -> str:
-    """Markdown: cpu backend vs torchmd-net (same run), memory, error vs float64."""
+def cpu_backend_table(rows: list[dict], device: str | None = None) -> str:
+    """Markdown: cpu backend vs torchmd-net (same run), memory, error vs float64; ``rows`` of
+    one device (named in the heading when given)."""
     total = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "total")}
     errs = {(r["implementation"], r["system"]): r for r in _cpu_rows(rows, "error")}
     systems = sorted({s for _, s in total})
     if not any(("torchmd-net", s) in total for s in systems):
         return ""
     out = [
-        '\n## The "cpu" backend vs torchmd-net 3.1 (bench/bench_cpu_backend.py)\n',
+        '\n## The "cpu" backend vs torchmd-net 3.1 (bench/bench_cpu_backend.py)'
+        + (f" — {device}" if device else "")
+        + "\n",
         "Whole call (neighbour list + energy + forces), 2L F=128 K=32 r_c=5 fp32, threads as "
         "in the row; each implementation in its own process of the same run, timed interleaved "
         "with the others (rows from 2026-11-24 14:36 on; before: one after the other); memory = "
@@ -357,6 +360,18 @@ def cpu_backend_table(rows: list[dict]) -> str:
                 f"{r['date'][:16]} |"
             )
     return "\n".join(out) + "\n"
+
+
+def cpu_backend_devices(csv: str, include_tiny: bool = False) -> list[str]:
+    """Devices with cpu_backend rows against torchmd-net, newest run first."""
+    newest: dict = {}
+    for r in harness.read_rows(csv):
+        if r["benchmark"] != "cpu_backend" or r["implementation"] != "torchmd-net":
+            continue
+        if not include_tiny and "tiny=1" in (r.get("notes") or ""):
+            continue
+        newest[r["device"]] = max(newest.get(r["device"], ""), r["date"])
+    return sorted(newest, key=newest.get, reverse=True)
 
 
 def headline(rows: list[dict], device: str) -> str:
@@ -426,7 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if fn(rows, device, os.path.join(out, name)):
             made.append(name)
-    table = headline(rows, device) + cpu_backend_table(rows)
+    table = headline(rows, device)
+    # the cpu-backend comparison of every device that has one, newest first (the hosts differ:
+    # e.g. AVX2 only vs AVX-512, and the ratio with them)
+    for dev in cpu_backend_devices(args.csv, args.include_tiny):
+        table += cpu_backend_table(load(args.csv, dev, args.include_tiny)[0], dev)
     if table:
         with open(os.path.join(out, "HEADLINE.md"), "w") as fh:
             fh.write(
