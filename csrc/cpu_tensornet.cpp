@@ -466,6 +466,16 @@ constexpr bool kPackedGemm = true;
 constexpr int64_t kPanel = 16;  // output columns per panel: two 8-float registers
 constexpr int kTileRows = 6;    // 6 x 2 accumulators + 2 panel rows + 1 broadcast = 15 of 16
 
+// Row pointers a0..a5 of a tile of `rows` <= 6 rows of a (leading dimension lda); rows past
+// `rows` alias row 0 (read, never stored).
+#define TNF_TILE_ROW_POINTERS                         \
+  const float* a0 = a;                                \
+  const float* a1 = rows > 1 ? a + lda : a;           \
+  const float* a2 = rows > 2 ? a + 2 * lda : a;       \
+  const float* a3 = rows > 3 ? a + 3 * lda : a;       \
+  const float* a4 = rows > 4 ? a + 4 * lda : a;       \
+  const float* a5 = rows > 5 ? a + 5 * lda : a;
+
 // One step k of row r of a tile: c_r += a_r[k] * (b0 | b1).
 #define TNF_TILE_ROW(r)                                  \
   {                                                      \
@@ -480,12 +490,7 @@ constexpr int kTileRows = 6;    // 6 x 2 accumulators + 2 panel rows + 1 broadca
 // extension: 2x slower than MKL). Rows past `rows` re-read row 0 and are not stored.
 inline void gemm_tile(const float* a, int64_t lda, int rows, const float* panel,
                       const float* bias, float* c, int64_t ldc, int64_t nk) {
-  const float* a0 = a;
-  const float* a1 = rows > 1 ? a + lda : a;
-  const float* a2 = rows > 2 ? a + 2 * lda : a;
-  const float* a3 = rows > 3 ? a + 3 * lda : a;
-  const float* a4 = rows > 4 ? a + 4 * lda : a;
-  const float* a5 = rows > 5 ? a + 5 * lda : a;
+  TNF_TILE_ROW_POINTERS
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (int64_t k = 0; k < nk; ++k) {
@@ -537,12 +542,7 @@ template <int NP>
 inline void gemm_tile512(const float* a, int64_t lda, int rows, const float* panel,
                          const float* bias, float* c, int64_t ldc, int64_t nk) {
   static_assert(NP == 1 || NP == 2 || NP == 4, "1, 2 or 4 panels");
-  const float* a0 = a;
-  const float* a1 = rows > 1 ? a + lda : a;
-  const float* a2 = rows > 2 ? a + 2 * lda : a;
-  const float* a3 = rows > 3 ? a + 3 * lda : a;
-  const float* a4 = rows > 4 ? a + 4 * lda : a;
-  const float* a5 = rows > 5 ? a + 5 * lda : a;
+  TNF_TILE_ROW_POINTERS
   const float* p1 = panel + (NP > 1 ? nk * kPanel : 0);  // the next panels (NP > 1 only)
   const float* p2 = panel + (NP > 2 ? 2 * nk * kPanel : 0);
   const float* p3 = panel + (NP > 2 ? 3 * nk * kPanel : 0);
@@ -599,6 +599,7 @@ inline void gemm_packed(const float* a, int64_t lda, const float* bp, const floa
   }
 }
 #endif  // __AVX512F__
+#undef TNF_TILE_ROW_POINTERS
 #else
 constexpr bool kPackedGemm = false;
 constexpr int64_t kPanel = 16;
