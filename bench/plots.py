@@ -37,12 +37,17 @@ def _label(r: dict) -> str:
     return f"{r['implementation']} [{r['backend']}]"
 
 
+def _read_rows(csv: str, include_tiny: bool) -> list[dict]:
+    """The CSV's rows, without those of ``--tiny`` smoke runs unless asked for."""
+    return [
+        r for r in harness.read_rows(csv) if include_tiny or "tiny=1" not in (r.get("notes") or "")
+    ]
+
+
 def load(
     csv: str, device_name: str | None = None, include_tiny: bool = False
 ) -> tuple[list[dict], str | None]:
-    rows = [
-        r for r in harness.read_rows(csv) if include_tiny or "tiny=1" not in (r.get("notes") or "")
-    ]
+    rows = _read_rows(csv, include_tiny)
     for r in rows:
         r["_notes"] = parse_notes(r.get("notes", ""))
     if device_name is None:
@@ -365,12 +370,9 @@ def cpu_backend_table(rows: list[dict], device: str | None = None) -> str:
 def cpu_backend_devices(csv: str, include_tiny: bool = False) -> list[str]:
     """Devices with cpu_backend rows against torchmd-net, newest run first."""
     newest: dict = {}
-    for r in harness.read_rows(csv):
-        if r["benchmark"] != "cpu_backend" or r["implementation"] != "torchmd-net":
-            continue
-        if not include_tiny and "tiny=1" in (r.get("notes") or ""):
-            continue
-        newest[r["device"]] = max(newest.get(r["device"], ""), r["date"])
+    for r in _read_rows(csv, include_tiny):
+        if r["benchmark"] == "cpu_backend" and r["implementation"] == "torchmd-net":
+            newest[r["device"]] = max(newest.get(r["device"], ""), r["date"])
     return sorted(newest, key=newest.get, reverse=True)
 
 

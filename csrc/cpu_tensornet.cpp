@@ -330,8 +330,8 @@ at::Tensor cpu_embed_fwd(const at::Tensor& row_ptr, const at::Tensor& rhat, cons
   return out;
 }
 
-// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F] through the combine: dE/d(edge_vec) [E, 3],
-// from
+// Backward of cpu_embed_fwd given gr = dE/dR [N, 9, F] through the combine: dE/d(edge_vec)
+// [E, 3], from
 //   gd[e]      = sum_k geo[e, k] sum_c f'_e[blk(k), c] Z[c] gr[i, k, c]      (dE/dd)
 //   ggeo[e, k] = sum_c f_e[blk(k), c] Z[c] gr[i, k, c]
 //   grhat      = d(geo)/d(rhat)^T ggeo, and with rhat = v / d:
@@ -463,7 +463,7 @@ gemm_fn<T> blas_gemm() {
 // 75-85 in the same runs, with bitwise the same channel-linear results (k-ordered FMA sums).
 // Whole energy+forces call on 64 g2 molecules: 0.92x (interleaved A/B against MKL).
 constexpr bool kPackedGemm = true;
-constexpr int64_t kPanel = 16;  // output columns per panel: two 8-float registers
+constexpr int64_t kPanel = 16;  // output columns per panel: two AVX2 / one AVX-512 register
 constexpr int kTileRows = 6;    // 6 x 2 accumulators + 2 panel rows + 1 broadcast = 15 of 16
 
 // Row pointers a0..a5 of a tile of `rows` <= 6 rows of a (leading dimension lda); rows past
