@@ -211,6 +211,7 @@ def _worker(impl: str, ckpt: str, system: str, repeats: int, mode: str) -> dict:
         y64, f64 = m64(z, pos.double(), batch, box=box64)
         out["energy_rel_err"] = relative_error(y, y64)
         out["forces_rel_err"] = relative_error(f, f64)
+        out["auto_filter_mode"] = tnf.load_model(ckpt).filter_mode  # what the default runs
         return out
     if mode == "profile":
         call()
@@ -486,7 +487,8 @@ def main(argv=None) -> int:
                 continue
             text = (
                 f"energy_rel_err={res['energy_rel_err']:.2e};"
-                f"forces_rel_err={res['forces_rel_err']:.2e}"
+                f"forces_rel_err={res['forces_rel_err']:.2e};"
+                f"auto_filter_mode={res['auto_filter_mode']}"
             )
             print(f"error vs float64 {impl:15s} {system}: {text}")
             rows.append(row(impl, system, res, "error", "vs the float64 model; " + text))

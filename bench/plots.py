@@ -358,8 +358,10 @@ def cpu_backend_table(rows: list[dict], device: str | None = None) -> str:
             e = parse_notes(errs[(impl, s)].get("notes", "")) if (impl, s) in errs else {}
             ours_ms, peer_ms = float(r["median_s"]) * 1e3, float(peer["median_s"]) * 1e3
             mem, pmem = float(r["peak_mem_mb"] or 0), float(peer["peak_mem_mb"] or 0)
+            # rows since 2026-12-02 say which mode load_model's default (filter_mode="auto") ran
+            label = impl + (" (default)" if e.get("auto_filter_mode") == impl[5:] else "")
             out.append(
-                f"| {s} | {r['atoms']} | {impl} | {ours_ms:.0f} | {peer_ms:.0f} | "
+                f"| {s} | {r['atoms']} | {label} | {ours_ms:.0f} | {peer_ms:.0f} | "
                 f"{peer_ms / ours_ms:.1f}x | {mem:.0f} | {mem / max(pmem, 1e-9):.3f}x | "
                 f"{e.get('energy_rel_err', '')} | {e.get('forces_rel_err', '')} | "
                 f"{r['date'][:16]} |"

@@ -17,9 +17,12 @@ from .model import TensorNetModel, load_model
 
 
 class TensorNetCalculator(Calculator):
-    """``TensorNetCalculator(model_or_path="default", device="cpu", dtype=None, backend="auto")``
+    """``TensorNetCalculator(model_or_path="default", device="cpu", dtype=None, backend="auto",
+    filter_mode="auto")``
 
-    ``dtype`` (torch.float32/float64) converts the model; ``charge`` is the total charge of the
+    ``backend`` and ``filter_mode`` are ``load_model``'s (used when a path is given); ``dtype``
+    (torch.float32/float64) converts the model (``filter_mode="auto"`` is exact in float64);
+    ``charge`` is the total charge of the
     system for models trained with ``charge: true`` (``atoms.info["charge"]`` overrides it).
     Periodic systems need ``pbc`` all True (the model has no mixed boundary conditions); cutoffs
     larger than half the cell are exact (every image counts).
@@ -33,6 +36,7 @@ class TensorNetCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         backend: str = "auto",
+        filter_mode: str = "auto",
         energy_unit: float = 1.0,
         length_unit: float = 1.0,
         charge: float = 0.0,
@@ -42,7 +46,9 @@ class TensorNetCalculator(Calculator):
         if isinstance(model_or_path, TensorNetModel):
             model = model_or_path.to(device)
         else:
-            model = load_model(model_or_path, device=device, backend=backend)
+            model = load_model(
+                model_or_path, device=device, backend=backend, filter_mode=filter_mode
+            )
         if dtype is not None:
             model = model.to(dtype)
         self.model = model.eval()

@@ -19,6 +19,20 @@ BACKEND_HELP = (
     "compute backend: auto (cpu on CPU, triton on CUDA when Triton is installed), reference, "
     "cpu, triton; `tensornet-fast info` lists those available here"
 )
+FILTER_MODE_HELP = (
+    "radial filters: auto (default: tabulated on the cpu backend in float32 when the tables' "
+    "measured error is within float32 rounding of the exact filter, else exact), exact, "
+    "tabulated"
+)
+
+
+def _add_filter_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--filter-mode",
+        default="auto",
+        choices=("auto", "exact", "tabulated"),
+        help=FILTER_MODE_HELP,
+    )
 
 
 def _add_energies_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +46,7 @@ def _add_energies_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="checkpoint path or 'default' (bundled)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", help=BACKEND_HELP)
+    _add_filter_mode(p)
     p.add_argument(
         "--precision",
         type=int,
@@ -57,7 +72,13 @@ def _run_energies(args: argparse.Namespace) -> int:
     from .model import load_model
 
     overrides = {} if args.precision is None else {"precision": args.precision}
-    model = load_model(args.model, device=args.device, backend=args.backend, **overrides)
+    model = load_model(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        filter_mode=args.filter_mode,
+        **overrides,
+    )
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
     writer = csv.writer(out)
     header = ["id", "formula", "n_atoms", "energy", "fmax", "status"]
@@ -182,6 +203,7 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--backend", default="auto", help=BACKEND_HELP)
+    _add_filter_mode(p)
     p.add_argument(
         "--precision",
         type=int,
@@ -279,6 +301,7 @@ def _run_screen(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         backend=args.backend,
+        filter_mode=args.filter_mode,
         precision=args.precision,
         batch_atoms=args.batch_atoms,
         window=args.window,

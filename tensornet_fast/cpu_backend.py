@@ -26,7 +26,9 @@ Levers (SPEC.md "Where the cost is"):
 * Exact filters: value and d-derivative propagated together through the filter MLP
   (``_fused_filter_eval``); the RBF and cutoff derivatives are written out.
 
-``filter_mode`` ("exact" | "tabulated") is chosen in ``load_model(..., filter_mode=...)``.
+``filter_mode`` ("exact" | "tabulated") is chosen in ``load_model(..., filter_mode=...)``;
+its default "auto" is "tabulated" for float32 models whose tables pass ``TableCheck`` (measured
+at load time: no error above the float32 rounding of the exact filter), else "exact".
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -397,17 +400,73 @@ class TabulatedFilter:
         return sp.coef, None, k, s, 1.0 / sp.h
 
 
+class TableCheck(NamedTuple):
+    """A spline's measured error at CHECK_POINTS of every interval (where the Hermite error
+    peaks), against the float64 filter: max |error| relative to max |f| (values) and max |f'|
+    (derivatives, i.e. forces). ``fp32_*``: the same for the exact filter MLP evaluated in
+    float32, the rounding that ``exact`` mode already makes in a float32 model."""
+
+    value_error: float
+    derivative_error: float
+    fp32_value_error: float
+    fp32_derivative_error: float
+
+    @property
+    def within_fp32_rounding(self) -> bool:
+        """The table adds no error above float32 rounding of the exact filter (floor: 4 ulps)."""
+        floor = 4 * torch.finfo(torch.float32).eps
+        return self.value_error <= max(
+            self.fp32_value_error, floor
+        ) and self.derivative_error <= max(self.fp32_derivative_error, floor)
+
+
+# Local coordinates of the check points: the quintic's value error ~ s^3 (1 - s)^3 peaks at
+# s = 0.5, its derivative error at s = 0.5 -+ 0.22 (and vanishes at 0.5 to leading order).
+CHECK_POINTS = (0.25, 0.5, 0.75)
+
+
+def check_spline(spline: Spline, fn64, fn32) -> TableCheck:
+    """Measure ``spline`` (its stored coefficients, evaluated in float64) against the filter
+    ``fn64`` (float64 weights) and ``fn32`` (the same weights in float32) at CHECK_POINTS."""
+    k = torch.arange(spline.n, dtype=torch.float64)[:, None]
+    s = torch.tensor(CHECK_POINTS, dtype=torch.float64)
+    d = (spline.lo + (k + s) * spline.h).flatten()  # [3n], strictly inside (lo, hi)
+    exact, exact_d, _ = _node_derivatives(fn64, d, False)
+    f32, f32_d, _ = _node_derivatives(fn32, d.float(), False)
+    as64 = copy.copy(spline)
+    as64.coef = spline.coef.double()
+    val, der = as64.evaluate(d, True)
+
+    def rel(a: Tensor, ref: Tensor) -> float:
+        return float((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+    return TableCheck(rel(val, exact), rel(der, exact_d), rel(f32, exact), rel(f32_d, exact_d))
+
+
 def build_splines(
     model, intervals: int = CPU_TABLE_INTERVALS, degree: int = CPU_TABLE_DEGREE
 ) -> list[Spline]:
     """One spline per radial filter (embedding first, then each layer), built in float64 from a
-    float64 copy of the weights and stored in the model's dtype."""
+    float64 copy of the weights and stored in the model's dtype; each carries its measured
+    error (``spline.check``, a TableCheck)."""
     config = model.config
-    rep64 = copy.deepcopy(model.representation_model).to(torch.float64)
-    fns = [_embedding_filter_fn(rep64, config)]
-    fns += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
     lo, hi = config.cutoff_lower, config.cutoff_upper
-    return [Spline(fn, lo, hi, intervals, model.dtype, degree) for fn in fns]
+    splines = []
+    rep64, rep32 = (
+        copy.deepcopy(model.representation_model).to(dtype)
+        for dtype in (torch.float64, torch.float32)
+    )
+    for rep in (rep64, rep32):
+        rep.requires_grad_(False)
+    fns64 = [_embedding_filter_fn(rep64, config)]
+    fns64 += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
+    fns32 = [_embedding_filter_fn(rep32, config)]
+    fns32 += [_layer_filter_fn(rep32, layer, config) for layer in rep32.layers]
+    for fn64, fn32 in zip(fns64, fns32):
+        spline = Spline(fn64, lo, hi, intervals, model.dtype, degree)
+        spline.check = check_spline(spline, fn64, fn32)
+        splines.append(spline)
+    return splines
 
 
 # ----------------------------------------------------------------------------- graph

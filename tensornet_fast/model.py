@@ -33,22 +33,18 @@ class TensorNetModel(nn.Module):
         config: ModelConfig,
         derivative: bool = True,
         backend: str = "auto",
-        filter_mode: str = "exact",
+        filter_mode: str = "auto",
         device: str | torch.device = "cpu",
     ):
         super().__init__()
-        if filter_mode not in cpu_backend.FILTER_MODES:
-            raise ValueError(
-                f"filter_mode must be one of {cpu_backend.FILTER_MODES}, got {filter_mode!r}"
-            )
+        self.filter_mode = filter_mode  # validated by the setter; kept as filter_request
         self.config = config
         self.derivative = derivative
         self.backend = resolve_backend(backend, device=str(device))
         # "auto" may still change its mind per call (a model moved to another device).
         self._backend_explicit = self.backend != "reference" and backend not in (None, "", "auto")
-        if filter_mode != "exact" and self.backend not in ("cpu", "triton"):
+        if filter_mode == "tabulated" and self.backend not in ("cpu", "triton"):
             raise ValueError(f"filter_mode={filter_mode!r} needs backend='cpu' or 'triton'")
-        self.filter_mode = filter_mode
         self._splines: tuple | None = None
         self._cpu_prepared: tuple | None = None  # cpu_backend.prepared(self)
         self.representation_model = RepresentationParams(config)
@@ -80,9 +76,42 @@ class TensorNetModel(nn.Module):
             f"backend={self.backend!r}, filter_mode={self.filter_mode!r}"
         )
 
+    @property
+    def filter_mode(self) -> str:
+        """The radial filters the next call uses, "exact" or "tabulated". ``filter_request``
+        "auto" is "tabulated" on the cpu backend in float32 when every table's measured error
+        is within the float32 rounding of the exact filter (``cpu_backend.TableCheck``; one
+        warning and "exact" otherwise), and "exact" in float64 and on the other backends.
+        Resolved per call, so ``model.to(torch.float64)`` turns an auto model exact."""
+        if self.filter_request != "auto":
+            return self.filter_request
+        if self.backend != "cpu" or self.dtype != torch.float32:
+            return "exact"
+        failed = [s.check for s in self.cpu_splines() if not s.check.within_fp32_rounding]
+        if not failed:
+            return "tabulated"
+        c = failed[0]
+        warn_once(
+            "auto-filter-exact",
+            "filter_mode 'auto' uses the exact filters: a tabulated filter of this model is off "
+            f"by {c.value_error:.1e} (values) / {c.derivative_error:.1e} (derivatives), above "
+            f"the float32 rounding of the exact filter ({c.fp32_value_error:.1e} / "
+            f"{c.fp32_derivative_error:.1e}; relative to the largest value / derivative)",
+        )
+        return "exact"
+
+    @filter_mode.setter
+    def filter_mode(self, mode: str) -> None:
+        if mode not in ("auto",) + cpu_backend.FILTER_MODES:
+            raise ValueError(
+                f"filter_mode must be 'auto' or one of {cpu_backend.FILTER_MODES}, got {mode!r}"
+            )
+        self.filter_request = mode
+
     def cpu_splines(self) -> list:
-        """Tabulated filters (filter_mode="tabulated"), built once from the weights and rebuilt
-        only if the dtype or device changes (weights are frozen for inference)."""
+        """Tabulated filters of the cpu backend (``filter_mode`` "tabulated"), built once from
+        the weights and rebuilt only if the dtype or device changes (weights are frozen for
+        inference). Each spline's ``check`` holds its measured error."""
         key = (self.dtype, self.device)
         if self._splines is None or self._splines[0] != key:
             self._splines = (key, cpu_backend.build_splines(self))
@@ -392,7 +421,7 @@ def build_model(
     state: Mapping[str, Tensor],
     derivative: bool = True,
     backend: str = "auto",
-    filter_mode: str = "exact",
+    filter_mode: str = "auto",
     device: str | torch.device = "cpu",
 ) -> TensorNetModel:
     model = TensorNetModel(
@@ -435,7 +464,9 @@ def build_model(
     if nonfinite:
         raise CheckpointError(f"checkpoint weights contain NaN/inf: {nonfinite[:5]}")
     model.load_state_dict(dict(state), strict=True)
-    if filter_mode == "tabulated":  # build the tables at load time, not on the first call
+    # Build the tables at load time, not on the first call ("auto" builds and checks the cpu
+    # backend's tables in float32 here).
+    if model.filter_mode == "tabulated":
         if model.backend == "triton":
             triton_backend.splines(model)
         else:
@@ -449,7 +480,7 @@ def load_model(
     derivative: bool = True,
     backend: str = "auto",
     layout: str = "auto",
-    filter_mode: str = "exact",
+    filter_mode: str = "auto",
     **overrides: Any,
 ) -> TensorNetModel:
     """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
@@ -463,10 +494,13 @@ def load_model(
             ``tensornet_fast.available_backends()``); ``TENSORNET_FAST_BACKEND`` sets the default.
             ``auto`` on a CPU device is ``"cpu"``, on CUDA ``"triton"`` when Triton is installed.
         filter_mode: radial filters of the ``"cpu"`` and ``"triton"`` backends: ``"exact"``
-            (the MLP, once per distinct distance) or ``"tabulated"`` (Hermite splines in d
+            (the MLP, once per distinct distance), ``"tabulated"`` (Hermite splines in d
             built here at load time: quintic on the cpu backend, cubic on triton; forces from
             the spline's derivative; error vs float64 at float32 rounding level, see
-            tensornet_fast/cpu_backend.py).
+            tensornet_fast/cpu_backend.py) or ``"auto"`` (default): tabulated on the cpu
+            backend in float32 when each table's error, measured here at 3 points per spline
+            interval, is within the float32 rounding of the exact filter at those points
+            (else exact, with a warning); exact in float64 and on the other backends.
         layout: weight layout of the 3F-output linears: ``"auto"``, ``"blocked"`` (torchmd-net
             >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
             the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all

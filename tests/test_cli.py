@@ -9,6 +9,7 @@ import sys
 
 import torch
 from ase.io import read
+from tolerances import TOLERANCES
 
 import tensornet_fast as tnf
 from tensornet_fast.cli import DEFAULT_MOLECULES, main
@@ -50,6 +51,25 @@ def test_energies_on_bundled_molecules_match_load_model(tmp_path):
         e, f = model(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions))
         assert abs(float(row["energy"]) - e.item()) <= 1e-9 * max(1.0, abs(e.item()))
         assert abs(float(row["fmax"]) - f.norm(dim=1).max().item()) <= 1e-5
+
+
+def test_filter_mode_option(tmp_path):
+    """--filter-mode reaches load_model: the float32 default (auto) is the tabulated path,
+    bitwise; exact differs from it by float32 rounding only."""
+    rows = {}
+    for mode in ("auto", "tabulated", "exact"):
+        out = tmp_path / f"{mode}.csv"
+        assert main(["energies", "--out", str(out), "--filter-mode", mode, "--forces"]) == 0
+        rows[mode] = list(csv.DictReader(open(out)))
+    assert rows["auto"] == rows["tabulated"]
+    assert rows["auto"] != rows["exact"]  # two different paths ran
+    tol = TOLERANCES[torch.float32]
+    for key, bound in (("energy", tol["energy"]), ("fmax", tol["forces"])):
+        tab, exact = (
+            torch.tensor([float(r[key]) for r in rows[m]], dtype=torch.float64)
+            for m in ("auto", "exact")
+        )
+        assert ((tab - exact).abs() / exact.abs().max()).max() < bound, key
 
 
 def test_bad_structure_is_reported_and_the_rest_continues(tmp_path, capsys):

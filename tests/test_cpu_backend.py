@@ -57,7 +57,7 @@ def test_exact_mode_matches_torchmd_net_and_reference(ckpts, case, precision, pa
     q = Q.to(dtype) if CASES[case].get("charge") else None
     path = ckpts[case, precision]
     y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, batch, q=q)
-    model = tnf.load_model(path, backend="cpu")
+    model = tnf.load_model(path, backend="cpu", filter_mode="exact")
     assert model.backend == "cpu" and model.filter_mode == "exact"
     y, f = model(z, pos, batch, q=q)
     errs = (
@@ -122,6 +122,66 @@ def test_tabulated_error_bound(ckpts, case):
     model._splines = ((model.dtype, model.device), cpu_backend.build_splines(model, 16))
     y64, f64 = tnf.load_model(path, backend="reference", precision=64)(z, pos, batch)
     assert relative_error(model(z, pos, batch)[1], f64) > 10 * ft64
+
+
+@pytest.mark.parametrize("case", ["o3_2layers", "lower_cutoff", "gauss_rbf_tanh"])
+def test_auto_filter_mode(ckpts, case, parity_report):
+    """filter_mode="auto" (the default) is the tabulated path in float32, its tables checked
+    at load time, within the exact tolerances of torchmd-net; exact in float64 (also after
+    ``model.to(torch.float64)``) and on the reference backend."""
+    z, pos, batch = molecule_batch(dtype=torch.float32)
+    path = ckpts[case, 32]
+    model = tnf.load_model(path)
+    assert model.filter_request == "auto" and model.filter_mode == "tabulated"
+    checks = [s.check for s in model.cpu_splines()]
+    assert len(checks) == 1 + len(model.representation_model.layers)
+    assert all(c.within_fp32_rounding for c in checks), checks
+    y, f = model(z, pos, batch)
+    y_tab, f_tab = tnf.load_model(path, filter_mode="tabulated")(z, pos, batch)
+    assert torch.equal(y, y_tab) and torch.equal(f, f_tab)
+    y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, batch)
+    errs = (
+        assert_close(y, y_tmd, torch.float32, "energy", case),
+        assert_close(f, f_tmd, torch.float32, "forces", case),
+    )
+    parity_report(f"cpu-auto {case}", 32, *errs)
+    # float64: exact, bitwise the exact mode's numbers
+    z64, pos64, _ = molecule_batch(dtype=torch.float64)
+    y_exact, f_exact = tnf.load_model(path, filter_mode="exact", precision=64)(z64, pos64, batch)
+    for model64 in (tnf.load_model(path, precision=64), model.to(torch.float64)):
+        assert model64.filter_mode == "exact"
+        y64, f64 = model64(z64, pos64, batch)
+        assert torch.equal(y64, y_exact) and torch.equal(f64, f_exact)
+    assert tnf.load_model(path, backend="reference").filter_mode == "exact"
+
+
+def test_auto_filter_mode_falls_back_to_exact(ckpts, monkeypatch):
+    """A filter the 512-interval table cannot follow (RBF widths 10x narrower: betas x 100)
+    makes "auto" run the exact filters, with one warning naming the measured errors."""
+    monkeypatch.setattr(tnf.backends, "_warned", set())
+    z, pos, batch = molecule_batch(dtype=torch.float32)
+    path = ckpts["o3_2layers", 32]
+    models = [tnf.load_model(path, filter_mode=mode) for mode in ("auto", "exact")]
+    for m in models:
+        with torch.no_grad():
+            m.representation_model.distance_expansion.betas.mul_(100.0)
+        m._splines = m._cpu_prepared = None
+    with pytest.warns(UserWarning, match="uses the exact filters.*above the float32 rounding"):
+        assert models[0].filter_mode == "exact"
+    assert not all(s.check.within_fp32_rounding for s in models[0].cpu_splines())
+    (y, f), (y_exact, f_exact) = (m(z, pos, batch) for m in models)
+    assert torch.equal(y, y_exact) and torch.equal(f, f_exact)
+
+
+def test_table_check_measures_the_table(ckpts):
+    """TableCheck against a table that is visibly too coarse: 16 intervals instead of 512."""
+    model = tnf.load_model(ckpts["o3_2layers", 32], filter_mode="exact")
+    fine = cpu_backend.build_splines(model)
+    coarse = cpu_backend.build_splines(model, 16)
+    for a, b in zip(fine, coarse):
+        assert b.check.derivative_error > 100 * a.check.derivative_error
+        assert b.check.value_error > 100 * a.check.value_error
+        assert not b.check.within_fp32_rounding and a.check.within_fp32_rounding
 
 
 @pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)

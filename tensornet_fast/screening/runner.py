@@ -30,6 +30,7 @@ class ScreenSpec:
     model: str = "default"
     device: str = "cpu"
     backend: str = "auto"
+    filter_mode: str = "auto"
     precision: int | None = None
     batch_atoms: int | None = None
     window: int = 4096
@@ -68,7 +69,7 @@ def undo_malloc_trim() -> bool:
 
 def get_model(spec: ScreenSpec) -> torch.nn.Module:
     """The process's model for ``spec``: loaded once, then reused by every batch and task."""
-    key = (spec.model, spec.device, spec.backend, spec.precision)
+    key = (spec.model, spec.device, spec.backend, spec.filter_mode, spec.precision)
     model = _MODELS.get(key)
     if model is None:
         from ..model import load_model
@@ -77,7 +78,13 @@ def get_model(spec: ScreenSpec) -> torch.nn.Module:
             torch.set_num_threads(spec.threads)
         undo_malloc_trim()
         overrides = {} if spec.precision is None else {"precision": spec.precision}
-        model = load_model(spec.model, device=spec.device, backend=spec.backend, **overrides)
+        model = load_model(
+            spec.model,
+            device=spec.device,
+            backend=spec.backend,
+            filter_mode=spec.filter_mode,
+            **overrides,
+        )
         _MODELS[key] = model
         _LOADS[0] += 1
     return model
