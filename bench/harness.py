@@ -67,15 +67,22 @@ def device_name(device: str | torch.device = "cpu") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
+    isa = ""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
                     break
     except OSError:
         pass
-    return f"CPU {cpu} ({os.cpu_count()} cores)"
+    # The vector width names the host apart where the model name does not: "AMD EPYC" was an
+    # AVX2-only Zen 3 and an AVX-512 Zen 5 on this project's VMs (rows before 2026-12-02 carry
+    # no ISA), and the cpu backend's kernels and ratios differ between them.
+    return f"CPU {cpu} ({os.cpu_count()} cores{', ' + isa if isa else ''})"
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
