@@ -155,6 +155,14 @@ def _layer_filter_fn(rep, layer, config: ModelConfig):
     return fn
 
 
+def filter_fns(rep, config: ModelConfig) -> list:
+    """Every radial filter of ``rep`` as a function d [U] -> [U, 3F]: the embedding's, then
+    each interaction layer's (the order of the tables and of the kernels' filter arguments)."""
+    return [_embedding_filter_fn(rep, config)] + [
+        _layer_filter_fn(rep, layer, config) for layer in rep.layers
+    ]
+
+
 def _value_and_derivative(fn, d: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
     """fn(d) and dfn/dd by forward-mode AD (one extra pass of the same GEMMs), in blocks."""
     vals, ders = [], []
@@ -458,11 +466,7 @@ def build_splines(
     )
     for rep in (rep64, rep32):
         rep.requires_grad_(False)
-    fns64 = [_embedding_filter_fn(rep64, config)]
-    fns64 += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
-    fns32 = [_embedding_filter_fn(rep32, config)]
-    fns32 += [_layer_filter_fn(rep32, layer, config) for layer in rep32.layers]
-    for fn64, fn32 in zip(fns64, fns32):
+    for fn64, fn32 in zip(filter_fns(rep64, config), filter_fns(rep32, config)):
         spline = Spline(fn64, lo, hi, intervals, model.dtype, degree)
         spline.check = check_spline(spline, fn64, fn32)
         splines.append(spline)
@@ -816,8 +820,7 @@ def make_filters(model, g: Graph, deriv: bool) -> list:
     if model.filter_mode == "tabulated":
         return [TabulatedFilter(s, g) for s in model.cpu_splines()]
     d_unique, inverse = torch.unique(g.d, return_inverse=True)
-    fns = [_embedding_filter_fn(rep, config)]
-    fns += [_layer_filter_fn(rep, layer, config) for layer in rep.layers]
+    fns = filter_fns(rep, config)
     evals = [_fused_filter_eval(rep, config)]
     evals += [_fused_filter_eval(rep, config, layer) for layer in rep.layers]
     return [ExactFilter(fn, d_unique, inverse, deriv, ev) for fn, ev in zip(fns, evals)]

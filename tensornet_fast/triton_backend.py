@@ -32,12 +32,11 @@ from .config import ModelConfig
 from .cpu_backend import (
     TABLE_INTERVALS,
     Spline,
-    _embedding_filter_fn,
     _embedding_geometry,
-    _layer_filter_fn,
     _pair_table,
     block_linear,
     embedding_combine,
+    filter_fns,
     output_energies,
     sq_norm,
 )
@@ -94,8 +93,7 @@ def splines(model, intervals: int = TABLE_INTERVALS) -> list[tuple[Tensor, float
     def build():
         config = model.config
         rep64 = copy.deepcopy(model.representation_model).to("cpu", torch.float64)
-        fns = [_embedding_filter_fn(rep64, config)]
-        fns += [_layer_filter_fn(rep64, layer, config) for layer in rep64.layers]
+        fns = filter_fns(rep64, config)
         lo, hi = config.cutoff_lower, config.cutoff_upper
         out = []
         for fn in fns:
