@@ -5,7 +5,7 @@ plain-PyTorch paths, so ``import tensornet_fast`` always works."""
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def extensions():
@@ -46,4 +46,12 @@ def extensions():
 
 
 ext_modules, cmdclass = extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(
+    # kernels/ (the Triton kernels, top-level in the source tree) installs as
+    # tensornet_fast.kernels, never as a top-level "kernels" module.
+    packages=find_packages(include=["tensornet_fast", "tensornet_fast.*"])
+    + ["tensornet_fast.kernels"],
+    package_dir={"tensornet_fast.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

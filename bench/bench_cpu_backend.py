@@ -154,7 +154,7 @@ def _setup(impl: str, ckpt: str, system: str, mode: str):
 
     else:
         import tensornet_fast as tnf
-        from tensornet_fast import cpu_backend
+        from tensornet_fast.backends.cpu import backend as cpu_backend
 
         backend = "reference" if impl == "reference" else "cpu"
         fmode = "tabulated" if impl == "ours-tabulated" else "exact"

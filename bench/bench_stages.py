@@ -25,8 +25,8 @@ from bench.bench_model import make_checkpoints
 
 
 def _stage_times(model, z, pos, batch, box, device) -> dict[str, float]:
-    from tensornet_fast import reference
-    from tensornet_fast.ops.radial import cosine_cutoff
+    from tensornet_fast.backends.reference import math as reference
+    from tensornet_fast.backends.shared.radial import cosine_cutoff
 
     cfg = model.config
     rep = model.representation_model

@@ -47,7 +47,7 @@ def _setup(atoms: int, f: int, k: int, device: str, tiny: bool):
 
 def _cases(model, nl, device: str):
     """(name, kernel callable, reference callable, bytes, flops) per op."""
-    from tensornet_fast import triton_backend
+    from tensornet_fast.backends.triton import backend as triton_backend
     from tensornet_fast.kernels import edge_passes, reference, tensor_products
     from tensornet_fast.kernels.radial_filter import radial_filter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tensornet_fast.cpu_backend import (
+from tensornet_fast.backends.cpu.backend import (
     _BASIS64,
     _BLOCK,
     _embedding_filter_fn,

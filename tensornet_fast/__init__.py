@@ -19,31 +19,39 @@ if "torch" not in _sys.modules:
 # (10k atoms) 1.57 -> 1.25 s. Only a default: an explicit THP_MEM_ALLOC_ENABLE wins.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from . import _deprecated  # noqa: E402
 from .backends import available_backends, resolve_backend  # noqa: E402
-from .checkpoint import load_checkpoint  # noqa: E402
-from .config import ModelConfig  # noqa: E402
 from .errors import CheckpointError, InputError, NeighborListOverflowError  # noqa: E402
-from .model import NAMED_MODELS, TensorNetModel, load_model  # noqa: E402
+from .model import (  # noqa: E402
+    NAMED_MODELS,
+    ModelConfig,
+    TensorNetModel,
+    load_checkpoint,
+    load_model,
+)
 from .neighbors import (  # noqa: E402
     NeighborList,
     StaticNeighborList,
     StaticRadiusGraph,
+    VerletList,
     radius_graph,
     radius_graph_full,
     radius_graph_static,
 )
 
+_deprecated.install()
+
 
 def __getattr__(name):
     # ASE is imported only when the calculator is asked for.
     if name == "TensorNetCalculator":
-        from .calculator import TensorNetCalculator
+        from .integrations.ase import TensorNetCalculator
 
         return TensorNetCalculator
     raise AttributeError(f"module 'tensornet_fast' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CheckpointError",
@@ -56,6 +64,7 @@ __all__ = [
     "StaticRadiusGraph",
     "TensorNetCalculator",
     "TensorNetModel",
+    "VerletList",
     "available_backends",
     "load_checkpoint",
     "load_model",

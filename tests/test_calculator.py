@@ -13,7 +13,7 @@ from oracle import make_small_checkpoint
 from systems import water_box
 
 import tensornet_fast as tnf
-from tensornet_fast.calculator import TensorNetCalculator
+from tensornet_fast.integrations.ase import TensorNetCalculator
 
 
 @pytest.fixture(scope="module")

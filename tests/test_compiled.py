@@ -11,8 +11,8 @@ from systems import molecule_batch, water_box
 from tolerances import assert_close
 
 import tensornet_fast as tnf
-from tensornet_fast.compiled import compile_model
-from tensornet_fast.traceable import TRACEABLE_BACKENDS, NotTraceable
+from tensornet_fast.md.compile import compile_model
+from tensornet_fast.md.traceable import TRACEABLE_BACKENDS, NotTraceable
 
 
 @pytest.fixture(scope="module")

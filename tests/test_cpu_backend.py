@@ -15,7 +15,7 @@ from systems import molecule_batch, water_box
 from tolerances import FAST_MODE_FACTOR, FP32_NOISE_FLOOR, assert_close, relative_error
 
 import tensornet_fast as tnf
-from tensornet_fast import cpu_backend
+from tensornet_fast.backends.cpu import backend as cpu_backend
 
 SMALL = dict(embedding_dimension=16, num_rbf=8)
 CASES = {
@@ -299,7 +299,7 @@ def test_spline_order(degree, lower):
     order, values as h^(degree + 1) and derivatives as h^degree, up to the cutoffs: the cosine
     cutoff's second derivative jumps there, and the quintic uses its one-sided limit (fitted to
     the value outside, its last interval's derivative error fell only as h)."""
-    from tensornet_fast.ops.radial import cosine_cutoff
+    from tensornet_fast.backends.shared.radial import cosine_cutoff
 
     def fn(d):
         phi = cosine_cutoff(d, lower, 5.0)

@@ -20,8 +20,8 @@ from systems import water_box
 from tolerances import assert_close
 
 import tensornet_fast as tnf
-from tensornet_fast import export as tnf_export
-from tensornet_fast.traceable import dense_edges
+from tensornet_fast.md import export as tnf_export
+from tensornet_fast.md.traceable import dense_edges
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(ROOT, "examples", "cpp")
@@ -191,7 +191,7 @@ def test_dense_edges_match_radius_graph():
 
 
 def test_export_refuses_untraceable_backend(ckpt, tmp_path):
-    from tensornet_fast.traceable import NotTraceable
+    from tensornet_fast.md.traceable import NotTraceable
 
     model = tnf.load_model(ckpt, backend="cpu")
     with pytest.raises(NotTraceable, match="backend='reference'"):

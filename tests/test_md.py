@@ -73,7 +73,7 @@ def test_skin_reuse_gives_fresh_results(ckpt, system):
     assert torch.allclose(energy, fresh_e, rtol=1e-13, atol=0)
     assert torch.allclose(forces, fresh_f, rtol=0, atol=1e-13 * float(fresh_f.abs().max()))
     # The reused list, cut at the cutoff, is exactly the radius graph at the new positions.
-    from tensornet_fast.traceable import Edges, edge_geometry
+    from tensornet_fast.md.traceable import Edges, edge_geometry
 
     edges = Edges(step.edge_index, step.shifts if box is not None else None, step.valid)
     _, dist, _, _ = edge_geometry(model, moved, step.batch, step.cell, edges)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tensornet_fast import neighbors
+from tensornet_fast.neighbors import radius_graph as neighbors
 from tensornet_fast.errors import InputError, NeighborListOverflowError
 from tensornet_fast.neighbors import (
     StaticRadiusGraph,

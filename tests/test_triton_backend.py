@@ -207,7 +207,7 @@ def test_torch_compile_fullgraph(ckpts, mode):
     implementations; per-edge filters instead of torch.unique when compiling), and the compiled
     function's gradients through the registered backward equal eager."""
     from tensornet_fast.neighbors import NeighborList
-    from tensornet_fast.triton_backend import atomic_energies
+    from tensornet_fast.backends.triton.backend import atomic_energies
 
     model = tnf.load_model(ckpts["o3_2layers", 64], backend="triton", filter_mode=mode,
                            device=DEVICE)  # fmt: skip

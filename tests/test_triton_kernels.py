@@ -13,7 +13,7 @@ import torch
 from oracle import make_checkpoint
 
 import tensornet_fast as tnf
-from tensornet_fast import triton_backend
+from tensornet_fast.backends.triton import backend as triton_backend
 
 pytestmark = pytest.mark.triton
 triton = pytest.importorskip("triton", reason="the triton extra is part of the test install")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 ACTIVATIONS = ("silu", "ssp", "tanh", "sigmoid", "swish", "mish")
 RBF_TYPES = ("expnorm", "gauss")

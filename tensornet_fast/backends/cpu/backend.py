@@ -44,9 +44,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
-from .config import ModelConfig
-from .ops.radial import ACTIVATION_FUNCTIONS, cosine_cutoff
-from .reference import radial_basis, radial_filter, scalar_head
+from ...model.config import ModelConfig
+from ..reference.math import radial_basis, radial_filter, scalar_head
+from ..shared.radial import ACTIVATION_FUNCTIONS, cosine_cutoff
 
 FILTER_MODES = ("exact", "tabulated")
 # Edges per chunk in the torch path: 4096 * 9 * F(128) * 4 B = 19 MB per temporary.
@@ -639,7 +639,7 @@ def _ext():
     if not _OPS:
         ops = None
         try:
-            from . import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
+            from ... import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
 
             if hasattr(torch.ops.tensornet_fast, "cpu_layer_fwd"):
                 ops = torch.ops.tensornet_fast

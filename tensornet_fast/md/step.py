@@ -32,9 +32,9 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import InputError
-from .model import TensorNetModel
-from .neighbors import box_per_molecule, radius_graph_full, reject_coincident
+from ..errors import InputError
+from ..model import TensorNetModel
+from ..neighbors import box_per_molecule, radius_graph_full, reject_coincident
 from .traceable import Edges, energy_forces_stress, max_cutoff
 
 

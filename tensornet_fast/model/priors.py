@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .neighbors import radius_graph
-from .ops.radial import cosine_cutoff
+from ..neighbors import radius_graph
+from ..backends.shared.radial import cosine_cutoff
 from .params import AtomrefParams, D2Params, ZBLParams
 
 BOHR_RADIUS_M = 5.29177210903e-11

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import TensorNetModel
-from .neighbors import box_per_molecule, radius_graph_full, reject_coincident
+from ..model import TensorNetModel
+from ..neighbors import box_per_molecule, radius_graph_full, reject_coincident
 from .traceable import Edges, check_traceable, energy_forces_stress, max_cutoff
 
 

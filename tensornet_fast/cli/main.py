@@ -10,9 +10,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from .errors import InputError
+from ..errors import InputError
 
-DEFAULT_MOLECULES = os.path.join(os.path.dirname(__file__), "data", "molecules.xyz")
+DEFAULT_MOLECULES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "molecules.xyz")
 
 
 BACKEND_HELP = (
@@ -69,7 +69,7 @@ def _frames(paths: list[str]) -> Iterator[tuple[str, object]]:
 def _run_energies(args: argparse.Namespace) -> int:
     import torch
 
-    from .model import load_model
+    from ..model import load_model
 
     overrides = {} if args.precision is None else {"precision": args.precision}
     model = load_model(
@@ -120,8 +120,8 @@ def _add_info_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .backends import available_backends
-    from .model import load_model
+    from ..backends import available_backends
+    from ..model import load_model
 
     model = load_model(args.model, layout=args.layout)
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,7 +169,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from ..md.export import export_model
 
     path = export_model(
         args.model,
@@ -290,7 +290,7 @@ def _add_screen_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_screen(args: argparse.Namespace) -> int:
-    from .screening import ScreenSpec, screen
+    from ..screening import ScreenSpec, screen
 
     if sum(x is not None for x in (args.scheduler, args.workers, args.devices)) > 1:
         print(

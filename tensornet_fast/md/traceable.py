@@ -25,9 +25,10 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from . import reference, triton_backend
-from .neighbors import NeighborList, safe_norm
-from .priors import d2_from_edges, zbl_from_edges
+from ..backends.reference import math as reference
+from ..backends.triton import backend as triton_backend
+from ..model.priors import d2_from_edges, zbl_from_edges
+from ..neighbors import NeighborList, safe_norm
 
 # Backends whose math can be traced (torch.compile / export / CUDA-graph capture): the reference
 # math, and the Triton kernels (custom ops with fake implementations, run with static=True). The

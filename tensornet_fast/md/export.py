@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import TensorNetModel, load_model
+from ..model import TensorNetModel, load_model
 from .traceable import (
     Edges,
     NotTraceable,

@@ -12,16 +12,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cpu_backend, reference, triton_backend
-from .backends import resolve_backend, warn_once
-from .checkpoint import load_checkpoint
+from ..backends import resolve_backend, warn_once
+from ..backends.cpu import backend as cpu_backend
+from ..backends.reference import math as reference
+from ..backends.triton import backend as triton_backend
+from ..errors import CheckpointError, InputError
+from ..neighbors import NeighborList, box_per_molecule, radius_graph_full, reject_coincident
 from .config import ModelConfig
-from .errors import CheckpointError, InputError
-from .neighbors import NeighborList, box_per_molecule, radius_graph_full, reject_coincident
+from .formats.torchmdnet import load_checkpoint
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
 from .priors import atomref_energy, d2_pair_energies, zbl_pair_energies
 
-_DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 NAMED_MODELS = {"default": os.path.join(_DATA_DIR, "default.ckpt")}
 
 

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .errors import InputError, NeighborListOverflowError
+from ..errors import InputError, NeighborListOverflowError
 
 # Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
 _MAX_CANDIDATES = 1 << 22
@@ -230,7 +230,7 @@ def compiled_available() -> bool:
     global _OPS
     if _OPS is None:
         try:
-            from . import _C  # noqa: F401  (importing registers torch.ops.tensornet_fast.*)
+            from .. import _C  # noqa: F401  (importing registers torch.ops.tensornet_fast.*)
 
             _OPS = torch.ops.tensornet_fast
         except (ImportError, OSError):
@@ -242,7 +242,7 @@ def _compiled_device_ok(device: torch.device) -> bool:
     if device.type == "cpu":
         return True
     if device.type == "cuda":
-        from . import _C
+        from .. import _C
 
         return bool(getattr(_C, "with_cuda", False))
     return False

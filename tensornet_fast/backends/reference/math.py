@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelConfig
-from .ops.radial import ACTIVATION_FUNCTIONS, cosine_cutoff, expnorm_rbf, gauss_rbf
-from .ops.tensor_algebra import (
+from ...model.config import ModelConfig
+from ..shared.radial import ACTIVATION_FUNCTIONS, cosine_cutoff, expnorm_rbf, gauss_rbf
+from .tensor_algebra import (
     channel_linear,
     compose,
     decompose,
@@ -21,7 +21,7 @@ from .ops.tensor_algebra import (
     skew,
     squared_norm,
 )
-from .params import InteractionParams, RepresentationParams, TensorEmbeddingParams
+from ...model.params import InteractionParams, RepresentationParams, TensorEmbeddingParams
 
 
 def radial_basis(rep: RepresentationParams, config: ModelConfig, d: Tensor) -> Tensor:

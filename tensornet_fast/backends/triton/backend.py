@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelConfig
-from .cpu_backend import (
+from ...model.config import ModelConfig
+from ..cpu.backend import (
     TABLE_INTERVALS,
     Spline,
     _embedding_geometry,
@@ -47,7 +47,7 @@ _MODULES: dict = {}
 def load_kernels():
     """The kernel modules, imported on first use (importing Triton costs ~1 s)."""
     if not _MODULES:
-        from .kernels import edge_passes, radial_filter, tensor_products
+        from ...kernels import edge_passes, radial_filter, tensor_products
 
         _MODULES.update(edges=edge_passes, filt=radial_filter, prod=tensor_products)
     return _MODULES

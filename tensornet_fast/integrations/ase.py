@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .errors import InputError
-from .model import TensorNetModel, load_model
+from ..errors import InputError
+from ..model import TensorNetModel, load_model
 
 
 class TensorNetCalculator(Calculator):

@@ -1,0 +1,1 @@
+"""The fast CPU backend: compressed layout, C++ kernels (csrc/), hand-written force backward."""

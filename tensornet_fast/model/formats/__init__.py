@@ -1,0 +1,1 @@
+"""Readers of model files, one module per format (torchmd-net checkpoints today)."""
