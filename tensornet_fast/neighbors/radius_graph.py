@@ -27,6 +27,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import _extension
 from ..errors import InputError, NeighborListOverflowError
 
 # Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
@@ -229,23 +230,14 @@ def compiled_available() -> bool:
     """True when the compiled extension (tensornet_fast._C) is importable."""
     global _OPS
     if _OPS is None:
-        try:
-            from .. import _C  # noqa: F401  (importing registers torch.ops.tensornet_fast.*)
-
-            _OPS = torch.ops.tensornet_fast
-        except (ImportError, OSError):
-            _OPS = False
+        _OPS = _extension.ops() or False
     return _OPS is not False
 
 
 def _compiled_device_ok(device: torch.device) -> bool:
     if device.type == "cpu":
         return True
-    if device.type == "cuda":
-        from .. import _C
-
-        return bool(getattr(_C, "with_cuda", False))
-    return False
+    return device.type == "cuda" and _extension.with_cuda()
 
 
 def _device(pos) -> torch.device:

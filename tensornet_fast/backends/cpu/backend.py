@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
+from ... import _extension
 from ...model.config import ModelConfig
 from ..reference.math import radial_basis, radial_filter, scalar_head
 from ..shared.radial import ACTIVATION_FUNCTIONS, cosine_cutoff
@@ -628,7 +629,6 @@ def _stage(name: str):
 
 # ----------------------------------------------------------------------------- C++ dispatch
 USE_EXTENSION = True  # False forces the chunked torch path (tests compare the two)
-_OPS: list = []
 
 
 def _ext():
@@ -636,17 +636,7 @@ def _ext():
     the extension is built, else None (the torch path above, same numbers, slower)."""
     if not USE_EXTENSION:
         return None
-    if not _OPS:
-        ops = None
-        try:
-            from ... import _C  # noqa: F401  (registers torch.ops.tensornet_fast.*)
-
-            if hasattr(torch.ops.tensornet_fast, "cpu_layer_fwd"):
-                ops = torch.ops.tensornet_fast
-        except ImportError:
-            pass
-        _OPS.append(ops)
-    return _OPS[0]
+    return _extension.ops()
 
 
 def _grad_rhat(ggeo: Tensor, rhat: Tensor) -> Tensor:

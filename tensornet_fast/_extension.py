@@ -1,0 +1,35 @@
+"""The compiled extension ``tensornet_fast._C`` (csrc/), loaded once for every user of its ops.
+
+``ops()`` is ``torch.ops.tensornet_fast`` when the extension imports, else None: callers then
+take their plain-PyTorch paths (same numbers, slower). ``TENSORNET_FAST_DISABLE_EXTENSION=1``
+(read once per process) makes it None on purpose, to run or test those paths."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_STATE: dict = {}
+
+
+def ops():
+    """``torch.ops.tensornet_fast`` with the compiled operators, or None."""
+    if "ops" not in _STATE:
+        _STATE["ops"] = None
+        _STATE["cuda"] = False
+        if os.environ.get("TENSORNET_FAST_DISABLE_EXTENSION", "0") != "1":
+            try:
+                from . import _C  # importing registers torch.ops.tensornet_fast.*
+            except (ImportError, OSError) as exc:
+                _STATE["error"] = str(exc)
+            else:
+                _STATE["ops"] = torch.ops.tensornet_fast
+                _STATE["cuda"] = bool(getattr(_C, "with_cuda", False))
+    return _STATE["ops"]
+
+
+def with_cuda() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    ops()
+    return _STATE["cuda"]
