@@ -1,18 +1,24 @@
 # Quick start: `make demo` (energies and forces of the bundled molecules with the default model)
-# and `make test` (the whole test suite). Both create or reuse .venv.
+# and `make test` (lint + the whole test suite, what CI runs). Both create or reuse .venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LINTED := tensornet_fast kernels tests bench
 
-.PHONY: venv demo test lint
+.PHONY: venv demo test test-fast lint
 venv:
 	@bash scripts/ensure_venv.sh
 
 demo: venv
 	$(VENV)/bin/tensornet-fast energies
 
-test: venv
+test: lint
 	$(PY) -m pytest -q
 
+# The inner loop (~3 min on 2 cores): everything but the slow end-to-end tests (torch.compile,
+# AOTInductor export, Triton interpreter parity, Dask/process pools, benchmark smoke runs).
+test-fast: venv
+	$(PY) -m pytest -q -x -m "not slow"
+
 lint: venv
-	$(VENV)/bin/ruff check tensornet_fast kernels tests bench
-	$(VENV)/bin/ruff format --check tensornet_fast kernels tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)

@@ -154,7 +154,6 @@ def _setup(impl: str, ckpt: str, system: str, mode: str):
 
     else:
         import tensornet_fast as tnf
-        from tensornet_fast.backends.cpu import backend as cpu_backend
 
         backend = "reference" if impl == "reference" else "cpu"
         fmode = "tabulated" if impl == "ours-tabulated" else "exact"
@@ -173,7 +172,7 @@ def _setup(impl: str, ckpt: str, system: str, mode: str):
                 with torch.enable_grad():
                     vec = nl.edge_vec.detach().requires_grad_(True)
                     nl2 = type(nl)(nl.edge_index, vec, nl.edge_dist.detach(), nl.shifts, nl.row_ptr)
-                    e = cpu_backend.atomic_energies(model, z, nl2, ones).sum()
+                    e = model.backend_impl.atomic_energies(model, z, nl2, ones).sum()
                     (g,) = torch.autograd.grad(e, vec)
                 return e.detach(), g
 

@@ -10,8 +10,8 @@
 
 Counting conventions: one multiply-add = 2 FLOPs; exp / SiLU / division / sqrt count as one FLOP
 each (they cost more, which only makes our fractions conservative); the element-pair embedding
-Z_ij is a table lookup (SPEC lever 5, exact) and counts 0. The force backward needs the adjoints
-of the inputs of every linear, never of the weights: each matrix product costs its forward
+Z_ij is a table lookup (docs/spec.md lever 5, exact) and counts 0. The force backward needs the
+adjoints of the inputs of every linear, never of the weights: each matrix product costs its forward
 MACs once more, each element-wise op about twice its forward. All implementations are charged the
 same useful FLOPs, so the fractions compare algorithms, not bookkeeping.
 
@@ -44,7 +44,7 @@ class Work:
 
 
 def model_work(F: int, K: int, L: int, edges_per_atom: float, group: str = "O(3)") -> Work:
-    """FLOPs and minimum bytes per atom and step for TensorNet (SPEC.md "Where the cost is").
+    """FLOPs and minimum bytes per atom and step for TensorNet (docs/spec.md "Where the cost is").
 
     ``edges_per_atom`` counts directed edges received per atom, self-loop included."""
     E = edges_per_atom
@@ -100,7 +100,7 @@ def model_work(F: int, K: int, L: int, edges_per_atom: float, group: str = "O(3)
     t["backward (input adjoints ~ 1x forward)"] = forward + 12 * E
     flops = sum(t.values())
 
-    # ---------------- minimum bytes (fp32, fused kernels, SPEC levers 3 and 6) ----------------
+    # -------------- minimum bytes (fp32, fused kernels, docs/spec.md levers 3 and 6) --------------
     # per atom: read z + pos (16 B), write forces (12 B); neighbour list read once per edge pass
     # (int32 sender index: forward embedding + L layers, same again in the backward);
     # node features 9F floats written and read once per layer (forward) and the backward reads

@@ -65,7 +65,7 @@ def act_and_grad(x, ACT: tl.constexpr):
 
 @triton.jit
 def cosine_cutoff_and_grad(d, LO: tl.constexpr, HI: tl.constexpr, PI: tl.constexpr):
-    """phi(d) and phi'(d) (SPEC.md "Radial pieces"); LO = r_l, HI = r_c."""
+    """phi(d) and phi'(d) (docs/spec.md "Radial pieces"); LO = r_l, HI = r_c."""
     if LO > 0:
         x = 2.0 * (d - LO) / (HI - LO) + 1.0
         inside = (d < HI) & (d > LO)

@@ -1,6 +1,6 @@
 """The two edge passes of TensorNet as CSR segment reductions, forward and force backward.
 
-* ``embed``:   R_i = sum_j Z_ij (*) f_ij(d) (*) geo_ij    (embedding, SPEC.md steps 2-3)
+* ``embed``:   R_i = sum_j Z_ij (*) f_ij(d) (*) geo_ij    (embedding, docs/spec.md steps 2-3)
 * ``message``: M_i = sum_j f_ij(d) (*) Y_j                (interaction step 3)
 
 Both run over edges sorted by receiver (the radius graph's CSR): one program per (receiver,
@@ -10,8 +10,9 @@ Tensors are in the compressed layout [N, 9, F] (kernels/_jit_helpers.py): compon
 block I (c = 0), A (1..3) or S (4..8) and takes that block's filter.
 
 Filters come from a table (exact mode: rows of ``radial_filter`` at the distinct distances,
-``idx`` maps an edge to its row) or from a cubic Hermite spline in d evaluated in the kernel
-(tabulated mode: ``tab`` = coefficients [n, 4, 3F] on [lo, lo + n / inv_h]).
+``idx`` maps an edge to its row) or from a quintic Hermite spline in d evaluated in the kernel
+(tabulated mode: ``tab`` = coefficients [n, 6, 3F] on [lo, lo + n / inv_h], the project's one
+tabulated mode, tensornet_fast/backends/shared/tables.py).
 
 The backward (forces) is hand-written: per edge, dE/dd = sum over components and channels of
 f'(d) x (receiver adjoint) x (sender features); for ``embed`` also dE/d(geo) [E, 9]. The
@@ -64,14 +65,16 @@ def _filter_block(tab_ptr, dtab_ptr, row, s, f2, m2, BLK: tl.constexpr, F: tl.co
     """Filter value (and d-derivative) of block BLK (0 I, 1 A, 2 S) for a tile of edges
     [BE, 1] x channels f2 [1, BF]; ``row`` is the table row (exact) or spline interval."""
     if TAB:
-        base = tab_ptr + row * (12 * F) + BLK * F + f2  # coef [n, 4, 3F]
+        base = tab_ptr + row * (18 * F) + BLK * F + f2  # coef [n, 6, 3F]
         c0 = tl.load(base, mask=m2, other=0.0)
         c1 = tl.load(base + 3 * F, mask=m2, other=0.0)
         c2 = tl.load(base + 6 * F, mask=m2, other=0.0)
         c3 = tl.load(base + 9 * F, mask=m2, other=0.0)
-        val = ((c3 * s + c2) * s + c1) * s + c0
+        c4 = tl.load(base + 12 * F, mask=m2, other=0.0)
+        c5 = tl.load(base + 15 * F, mask=m2, other=0.0)
+        val = ((((c5 * s + c4) * s + c3) * s + c2) * s + c1) * s + c0
         if DERIV:
-            der = ((3.0 * c3 * s + 2.0 * c2) * s + c1) * INV_H
+            der = ((((5.0 * c5 * s + 4.0 * c4) * s + 3.0 * c3) * s + 2.0 * c2) * s + c1) * INV_H
         else:
             der = val
     else:
@@ -104,7 +107,7 @@ def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr,
     d = tl.load(d_ptr + offs_e, mask=mask_e, other=0.0)
     if TAB:
         # Interval and local coordinate in float64, so s is not limited by float32 rounding
-        # of d / h at large interval indices (2048 intervals: h = 2.4e-3 A at r_c = 5).
+        # of d / h at large interval indices (512 intervals: h ~ 1e-2 A at r_c = 5).
         t = (d.to(tl.float64) - LO) * INV_H
         kf = tl.minimum(tl.maximum(tl.floor(t), 0.0), N_INT - 1.0)
         s = tl.minimum(tl.maximum(t - kf, 0.0), 1.0).to(d.dtype)
@@ -126,7 +129,7 @@ def _message_fwd_kernel(
     col_ptr,  # [E] senders
     y_ptr,  # [N, 9, F]
     d_ptr,  # [E]
-    tab_ptr,  # [U, 3F] exact | [n, 4, 3F] tabulated
+    tab_ptr,  # [U, 3F] exact | [n, 6, 3F] tabulated
     idx_ptr,  # [E] table row (exact)
     out_ptr,  # [N, 9, F]
     N_INT,
@@ -361,8 +364,8 @@ def _embed_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 def _check_filters(d: Tensor, tab: Tensor, idx: Tensor, f: int, tabulated: bool) -> None:
     if tabulated:
-        if tab.dim() != 3 or tab.shape[1:] != (4, 3 * f):
-            raise ValueError(f"spline coefficients must be [n, 4, {3 * f}], got {tuple(tab.shape)}")
+        if tab.dim() != 3 or tab.shape[1:] != (6, 3 * f):
+            raise ValueError(f"spline coefficients must be [n, 6, {3 * f}], got {tuple(tab.shape)}")
     else:
         if tab.dim() != 2 or tab.shape[1] != 3 * f:
             raise ValueError(f"filter table must be [U, {3 * f}], got {tuple(tab.shape)}")

@@ -5,7 +5,7 @@ Per distance d: RBF e(d) [K] and de/dd, then either the embedding's projection
 the activation after all three, times phi). The derivative is carried forward-mode (tangents
 share the activations), so one pass gives the values the forward needs and the derivatives the
 force backward needs. Each MLP layer is a ``tl.dot`` on [BLOCK_U, in] x [in, out] tiles with
-``input_precision="ieee"`` (TF32 would cost ~3e-4 relative, SPEC.md).
+``input_precision="ieee"`` (TF32 would cost ~3e-4 relative, docs/spec.md).
 
 The exact backend evaluates this once per DISTINCT distance (d_ij == d_ji bitwise, so at most
 once per unordered pair) and the edge kernels gather rows of the [U, 3F] result.

@@ -1,7 +1,7 @@
 """Per-atom, per-channel 3x3 tensor products of the interaction layer, forward and backward.
 
 * ``product``: B = q (M Y + Y M) (O(3)) or 2 Y M (SO(3)), then B / (||B||^2 + 1)
-  (SPEC.md interaction steps 4-5, the normalisation fused in).
+  (docs/spec.md interaction steps 4-5, the normalisation fused in).
 * ``update``:  X_new = X_bar + dX + q dX dX                   (step 6).
 
 Tensors are [N, 9, F] coefficients of the orthonormal basis (kernels/_jit_helpers.py). A

@@ -1,6 +1,9 @@
-"""Exceptions raised by tensornet_fast. The input and checkpoint errors derive from
-``ValueError`` so callers that already catch torchmd-net's ``ValueError``/``AssertionError``
-style failures keep working; a full fixed-capacity neighbour list is a ``RuntimeError``."""
+"""Every exception tensornet_fast raises on purpose, in one place.
+
+The input and checkpoint errors derive from ``ValueError`` so callers that already catch
+torchmd-net's ``ValueError``/``AssertionError`` style failures keep working; a full
+fixed-capacity neighbour list is a ``RuntimeError``; a backend that cannot run here, or cannot be
+traced, is a ``RuntimeError`` / ``NotImplementedError``."""
 
 
 class CheckpointError(ValueError):
@@ -13,11 +16,24 @@ class InputError(ValueError):
 
 
 class NeighborListOverflowError(RuntimeError):
-    """A fixed-capacity radius graph (``StaticRadiusGraph``) found more edges than its buffers
-    hold, or a position left the range its grid was planned for. ``required`` is the capacity
-    that would have held the edges (0 when the plan, not the capacity, must change)."""
+    """A fixed-capacity neighbour list (``StaticRadiusGraph``, ``MDStep``) found more edges than
+    its buffers hold, or a position left the range its grid was planned for. ``required`` is the
+    capacity that would have held the edges (0 when the plan, not the capacity, must change)."""
 
     def __init__(self, message: str, required: int = 0, capacity: int = 0):
         super().__init__(message)
         self.required = required
         self.capacity = capacity
+
+
+# MDStep's name for it in 0.1 (kept for one release).
+CapacityError = NeighborListOverflowError
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend asked for by name cannot run on this machine (e.g. Triton without CUDA)."""
+
+
+class NotTraceable(NotImplementedError):
+    """torch.compile / export / CUDA-graph capture was asked of a backend whose kernels run as
+    host code (the cpu backend)."""

@@ -21,6 +21,27 @@ else:
 
 _PARITY: list[tuple[str, int, float, float]] = []
 
+# Files of end-to-end runs (torch.compile, AOTInductor export and its C++ host, the Triton
+# interpreter, example scripts, Dask / process pools, benchmark smoke runs): marked ``slow`` so
+# that ``make test-fast`` (``-m "not slow"``) leaves them out. ``make test`` runs everything.
+SLOW_FILES = {
+    "backends/test_triton_backend.py",
+    "backends/test_triton_compile.py",
+    "backends/test_triton_kernels.py",
+    "benchmarks/test_bench_cpu.py",
+    "benchmarks/test_bench_smoke.py",
+    "md/test_compiled.py",
+    "md/test_export.py",
+    "screening/test_screen.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if os.path.relpath(str(item.fspath), here) in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def parity_report():

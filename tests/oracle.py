@@ -1,8 +1,9 @@
 """torchmd-net 3.1 as the oracle: writes random-weight TensorNet checkpoints with torchmd-net's
 own ``create_model`` and runs them through torchmd-net's pure-PyTorch path.
 
-SPEC.md "Known defects of the oracle": the Warp path mirrors SO(3) models and its fp64 kernels use
-a float32 1/3, so the oracle always runs with ``tensornet.OPT = False`` and the ``_`` functions.
+docs/spec.md "Known defects of the oracle": the Warp path mirrors SO(3) models and its fp64
+kernels use a float32 1/3, so the oracle always runs with ``tensornet.OPT = False`` and the
+``_`` functions.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one table of numerical tolerances (SPEC.md "fp32 parity tolerance vs the oracle").
+"""The one table of numerical tolerances (docs/spec.md "Tolerances").
 
 energy: relative to max |E| of the reference; forces: relative to max |F| of the reference.
 Exact modes must meet these against torchmd-net / the float64 reference. Fast modes (tabulated

@@ -6,15 +6,18 @@ for the stress). Each call:
 1. validates the inputs and builds the neighbour list eagerly (the compiled cell list of csrc/,
    host code with a data-dependent edge count) up to the largest cutoff of the model and its
    priors;
-2. runs ONE compiled graph without graph breaks: edge vectors from the positions, the network,
-   the reduction and the pair priors (:mod:`tensornet_fast.traceable`), and the forces by
+2. runs ONE compiled graph without graph breaks: the model's one assembly
+   (``model.assembly.evaluate``) over the given edges (``md.traceable.GivenEdges``: edge vectors
+   from the positions, the network, the reduction and the pair priors), and the forces by
    ``torch.autograd.grad`` inside the graph (``torch._dynamo.config.trace_autograd_ops``), so
    Inductor fuses forward and backward together.
 
 Shapes are dynamic by default (``dynamic=True``): a new atom or edge count does not recompile.
-The model's backend must be traceable (``traceable.TRACEABLE_BACKENDS``: ``"reference"`` or
-``"triton"``, whose kernels are custom ops with fake implementations); the
-``cpu`` backend's host-side edge loops cannot be compiled and raise :class:`NotTraceable`.
+The model's backend must be traceable (``"reference"`` or ``"triton"``, whose kernels are custom
+ops with fake implementations); the ``cpu`` backend's host-side edge loops cannot be compiled
+and raise :class:`~tensornet_fast.errors.NotTraceable`. The backend's derived state (tables,
+padded weights) is prepared before tracing; when the weights change, the next call prepares it
+again and traces anew.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..backends.shared.cache import weights_key
 from ..model import TensorNetModel
-from ..neighbors import box_per_molecule, radius_graph_full, reject_coincident
-from .traceable import Edges, check_traceable, energy_forces_stress, max_cutoff
+from ..model.assembly import evaluate, max_cutoff
+from ..model.inputs import System, prepare_system
+from ..neighbors import radius_graph_full, reject_coincident
+from .traceable import Edges, GivenEdges, check_traceable
 
 
 class CompiledModel:
@@ -35,9 +41,11 @@ class CompiledModel:
     def __init__(self, model: TensorNetModel, dynamic: bool | None = True, **compile_kwargs: Any):
         check_traceable(model, "compile_model")
         self.model = model.eval()
-        self._compiled = torch.compile(
+        self._compile = lambda: torch.compile(
             self._core, fullgraph=True, dynamic=dynamic, **compile_kwargs
         )
+        self._compiled = self._compile()
+        self._weights = weights_key(model)
 
     def _core(
         self,
@@ -51,19 +59,10 @@ class CompiledModel:
         cell: Tensor | None,
         stress: bool,
     ):
-        edges = Edges(edge_index, shifts)
-        return energy_forces_stress(
-            self.model,
-            z,
-            pos,
-            batch,
-            atoms_per_mol.shape[0],
-            atoms_per_mol,
-            charge_factor,
-            edges,
-            cell,
-            stress=stress,
-        )
+        system = System(z, pos, batch, atoms_per_mol.shape[0], atoms_per_mol, cell, charge_factor)
+        edges = GivenEdges(self.model, batch, Edges(edge_index, shifts))
+        out = evaluate(self.model, system, edges, forces=True, stress=stress, static=True)
+        return out["energy"], out["forces"], out.get("stress")
 
     def compute(
         self,
@@ -77,13 +76,15 @@ class CompiledModel:
     ) -> dict[str, Tensor]:
         """``{"energy": [n_mol, 1], "forces": [N, 3]}`` (+ ``"stress"`` [n_mol, 3, 3])."""
         model = self.model
-        z, pos, batch, box, n_mol, order, charge_factor = model._prepare_call(
-            z, pos, batch, box, q, stress
+        if weights_key(model) != self._weights:  # derived state and the trace follow weights
+            check_traceable(model, "compile_model")
+            self._compiled, self._weights = self._compile(), weights_key(model)
+        system = prepare_system(model, z, pos, batch, box, q, stress=stress)
+        cell = system.cell
+        nl = radius_graph_full(
+            system.pos.detach(), max_cutoff(model), system.batch, cell, loop=True
         )
-        nl = radius_graph_full(pos.detach(), max_cutoff(model), batch, box, loop=True)
         reject_coincident(nl)
-        cell = box_per_molecule(box, n_mol, pos).contiguous() if box is not None else None
-        atoms_per_mol = torch.bincount(batch, minlength=n_mol)
         # No duck sizing: a molecule count of 3 must not share a symbol with the 3 of xyz
         # (it would be specialised by the 3x3 algebra, and every new count would recompile).
         with (
@@ -91,18 +92,18 @@ class CompiledModel:
             torch.fx.experimental._config.patch(use_duck_shape=False),
         ):
             energy, forces, sigma = self._compiled(
-                z,
-                pos.detach(),
-                batch,
-                atoms_per_mol,
-                charge_factor,
+                system.z,
+                system.pos.detach(),
+                system.batch,
+                system.atoms_per_mol,
+                system.charge_factor,
                 nl.edge_index,
                 nl.shifts if cell is not None else None,
                 cell,
                 stress,
             )
-        if order is not None:
-            forces = torch.empty_like(forces).index_copy(0, order, forces)
+        if system.order is not None:
+            forces = torch.empty_like(forces).index_copy(0, system.order, forces)
         out = {"energy": energy.detach(), "forces": forces.detach()}
         if stress:
             out["stress"] = sigma.detach()

@@ -33,15 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import NotTraceable
 from ..model import TensorNetModel, load_model
-from .traceable import (
-    Edges,
-    NotTraceable,
-    check_traceable,
-    dense_edges,
-    energy_forces_stress,
-    max_cutoff,
-)
+from ..model.assembly import evaluate, max_cutoff
+from ..model.inputs import System
+from .traceable import GivenEdges, check_traceable, dense_edges
 
 FORMAT_VERSION = "1"
 
@@ -60,14 +56,13 @@ def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: f
             atoms = torch.full((1,), n, dtype=torch.long, device=z.device)
             factor = 1.0 + 0.1 * charge if model.config.charge else 1.0
             charge_factor = torch.full((n,), factor, dtype=pos.dtype, device=pos.device)
-            edges: Edges = dense_edges(pos, cutoff, box if periodic else None, images)
             cell = box[None] if periodic else None
-            energy, forces, stress = energy_forces_stress(
-                model, z, pos, batch, 1, atoms, charge_factor, edges, cell, stress=periodic
-            )
+            system = System(z, pos, batch, 1, atoms, cell, charge_factor)
+            edges = GivenEdges(model, batch, dense_edges(pos, cutoff, box, images))
+            out = evaluate(model, system, edges, forces=True, stress=periodic, static=True)
         if periodic:
-            return energy, forces, stress[0]
-        return energy, forces
+            return out["energy"], out["forces"], out["stress"][0]
+        return out["energy"], out["forces"]
 
     return fn, names
 

@@ -1,8 +1,9 @@
 """torchmd-net's priors: Atomref (per atom, before the reduction), ZBL and D2 (per molecule).
 
 Their tables (atomic numbers, C6, R_r, atomref) come from the checkpoint's buffers, so the
-numbers are those the model was trained with. Each molecular prior builds its own neighbour
-list with its own cutoff, as torchmd-net does; D2 ignores the periodic box (torchmd-net 3.1 does).
+numbers are those the model was trained with. The pair priors take their pairs (within their own
+cutoff, as torchmd-net's own neighbour lists give them) from the model's edge list
+(``model.assembly``); D2 ignores periodic images (torchmd-net 3.1 does).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..neighbors import radius_graph
 from ..backends.shared.radial import cosine_cutoff
 from .params import AtomrefParams, D2Params, ZBLParams
 
@@ -25,15 +25,6 @@ def atomref_energy(prior: AtomrefParams, z: Tensor) -> Tensor:
     if not prior.enable:
         return torch.zeros(z.shape[0], 1, dtype=prior.atomref.weight.dtype, device=z.device)
     return prior.atomref.weight[z]
-
-
-def zbl_pair_energies(
-    prior: ZBLParams, z: Tensor, pos: Tensor, batch: Tensor, box: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Ziegler-Biersack-Littmark screened nuclear repulsion: (energy of each directed pair,
-    already halved because every pair appears twice [E], receiving atom [E])."""
-    edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch, box)
-    return zbl_from_edges(prior, z, edge_index, dist), edge_index[0]
 
 
 def zbl_from_edges(prior: ZBLParams, z: Tensor, edge_index: Tensor, dist: Tensor) -> Tensor:
@@ -51,15 +42,6 @@ def zbl_from_edges(prior: ZBLParams, z: Tensor, edge_index: Tensor, dist: Tensor
     pair = phi * zi * zj / dist
     scale = 0.5 * _ZBL_COULOMB_J_M / prior.energy_scale / prior.distance_scale
     return scale * pair
-
-
-def d2_pair_energies(
-    prior: D2Params, z: Tensor, pos: Tensor, batch: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Grimme D2 dispersion (no periodic images, as in torchmd-net): (halved energy of each
-    directed pair [E], receiving atom [E])."""
-    edge_index, _, dist = radius_graph(pos, prior.cutoff_distance, batch)
-    return d2_from_edges(prior, z, edge_index, dist), edge_index[0]
 
 
 def d2_from_edges(prior: D2Params, z: Tensor, edge_index: Tensor, dist: Tensor) -> Tensor:

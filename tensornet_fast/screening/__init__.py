@@ -24,8 +24,10 @@ Needs, beyond torch: rdkit (SDF, SMILES), ase (element table, extended XYZ), tqd
 bar), pyarrow (Parquet output) and dask[distributed] (scale-out), each imported only when used.
 """
 
+from .progress import ScreenStats
 from .readers import Record, iter_raw, parse_record
-from .runner import ScreenSpec, ScreenStats, get_model, process_shard, screen
+from .runner import screen
+from .worker import ScreenSpec, get_model, process_shard
 from .writer import read_results
 
 __all__ = [

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .readers import Record, hill_formula, short_error
 from .relax import fire_relax
+from .tensors import concat_records, per_molecule_fmax
 
 BASE_COLUMNS = ["id", "name", "formula", "n_atoms", "energy", "fmax", "status"]
 RELAX_COLUMNS = ["relaxed_energy", "relaxed_fmax", "relax_steps", "converged"]
@@ -79,33 +79,9 @@ class RelaxOptions:
     max_steps: int = 200
 
 
-def _concat(model: torch.nn.Module, recs: list[Record]) -> tuple[torch.Tensor, ...]:
-    device = model.device
-    z = torch.from_numpy(np.concatenate([r.z for r in recs]))
-    pos = torch.from_numpy(np.concatenate([r.pos for r in recs])).to(model.dtype)
-    counts = torch.tensor([r.n_atoms for r in recs])
-    batch = torch.repeat_interleave(torch.arange(len(recs)), counts)
-    if device.type == "cuda":
-        z, pos, batch = z.pin_memory(), pos.pin_memory(), batch.pin_memory()
-    q = None
-    if model.config.charge:  # total charge per molecule, only for models trained with it
-        q = torch.tensor([float(r.charge) for r in recs], dtype=model.dtype, device=device)
-    return (
-        z.to(device, non_blocking=True),
-        pos.to(device, non_blocking=True),
-        batch.to(device, non_blocking=True),
-        q,
-    )
-
-
-def per_molecule_fmax(forces: torch.Tensor, batch: torch.Tensor, n_mol: int) -> torch.Tensor:
-    norms = forces.detach().norm(dim=1)
-    return norms.new_zeros(n_mol).scatter_reduce(0, batch, norms, "amax", include_self=False)
-
-
 def single_point(model: torch.nn.Module, recs: list[Record]) -> list[tuple[float, float]]:
     """(energy, fmax) per record, one batched model call."""
-    z, pos, batch, q = _concat(model, recs)
+    z, pos, batch, q = concat_records(model, recs)
     energy, forces = model(z, pos, batch, q=q)
     fmax = per_molecule_fmax(forces, batch, len(recs))
     return list(

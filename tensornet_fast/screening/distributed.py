@@ -3,7 +3,7 @@
 * Dask distributed: ``scheduler="tcp://host:8786"`` (an existing cluster, e.g. from
   dask-jobqueue on Slurm/PBS or dask-cuda's one-worker-per-GPU) or ``workers=N`` (a
   ``LocalCluster`` bound to 127.0.0.1). Each worker process loads the model once (a per-process
-  cache in :func:`.runner.get_model`) and keeps it for every shard it is given.
+  cache in :func:`.worker.get_model`) and keeps it for every shard it is given.
 * No scheduler, one process per device: ``devices=["cuda:0", "cuda:1"]`` (``["all"]`` = every
   visible GPU; ``["cpu", "cpu"]`` exercises it on a CPU machine).
 
@@ -21,8 +21,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from .progress import Progress
 from .readers import RawRecord, chunked
-from .runner import Progress, ScreenSpec, process_shard
+from .worker import ScreenSpec, process_shard
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .readers import Record
+from .tensors import concat_records, per_molecule_fmax
 
 
 def fire_relax(
@@ -26,10 +27,8 @@ def fire_relax(
 ) -> list[tuple[float, float, int, bool]]:
     """Relax each record's geometry; returns (energy, fmax, steps, converged) per record, where
     energy and fmax are those of the final geometry and steps counts FIRE position updates."""
-    from .batching import _concat, per_molecule_fmax
-
     n = len(recs)
-    z, pos32, batch, q = _concat(model, recs)
+    z, pos32, batch, q = concat_records(model, recs)
     device, dtype = pos32.device, model.dtype
     pos = pos32.double()  # state in float64; the model sees its own dtype
     v = torch.zeros_like(pos)

@@ -10,204 +10,15 @@ from __future__ import annotations
 
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
-import torch
-
-from .batching import BatchEvaluator, RelaxOptions, columns, default_batch_atoms, make_batches
+from .batching import columns
+from .progress import Progress, ScreenStats
 from .readers import RawRecord, Record, chunked, detect_format, iter_raw, parse_record
+from .worker import ScreenSpec, evaluate_stream, get_model
 from .writer import open_sink
-
-
-@dataclass(frozen=True)
-class ScreenSpec:
-    """Everything a worker needs to turn records into rows (picklable, hashable)."""
-
-    model: str = "default"
-    device: str = "cpu"
-    backend: str = "auto"
-    filter_mode: str = "auto"
-    precision: int | None = None
-    batch_atoms: int | None = None
-    window: int = 4096
-    relax: bool = False
-    fmax: float = 0.05
-    max_steps: int = 200
-    seed: int = 0
-    threads: int | None = None
-
-    @property
-    def atoms_per_batch(self) -> int:
-        return self.batch_atoms or default_batch_atoms(self.device)
-
-
-_MODELS: dict[tuple, torch.nn.Module] = {}
-_LOADS = [0]  # models loaded by this process (tests check: once per worker)
-
-
-def undo_malloc_trim() -> bool:
-    """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; in glibc, setting the
-    trim threshold also pins the mmap threshold at 128 KiB, so every large torch temporary is
-    mmap'ed, page-faulted and unmapped again: measured 2.5x the CPU time per molecule here. Put
-    generous thresholds back (glibc only; a no-op elsewhere). Returns whether it applied."""
-    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 64 << 20) and libc.mallopt(m_trim_threshold, 512 << 20)
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
-def get_model(spec: ScreenSpec) -> torch.nn.Module:
-    """The process's model for ``spec``: loaded once, then reused by every batch and task."""
-    key = (spec.model, spec.device, spec.backend, spec.filter_mode, spec.precision)
-    model = _MODELS.get(key)
-    if model is None:
-        from ..model import load_model
-
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        undo_malloc_trim()
-        overrides = {} if spec.precision is None else {"precision": spec.precision}
-        model = load_model(
-            spec.model,
-            device=spec.device,
-            backend=spec.backend,
-            filter_mode=spec.filter_mode,
-            **overrides,
-        )
-        _MODELS[key] = model
-        _LOADS[0] += 1
-    return model
-
-
-def evaluate_stream(
-    records: Iterable[Record], spec: ScreenSpec
-) -> Iterator[tuple[list[dict], int]]:
-    """(rows, input bytes) per batch."""
-    relax = RelaxOptions(spec.fmax, spec.max_steps) if spec.relax else None
-    evaluator = BatchEvaluator(get_model(spec), relax)
-    for group in make_batches(records, spec.atoms_per_batch, spec.window):
-        yield evaluator.rows(group), sum(r.nbytes for r in group)
-
-
-def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
-    """Worker task: parse, validate, batch and evaluate one shard of raw records."""
-    max_z = get_model(spec).config.max_z
-    records = [parse_record(r, max_z, spec.seed) for r in raws]
-    rows: list[dict] = []
-    for batch_rows, _ in evaluate_stream(records, spec):
-        rows.extend(batch_rows)
-    return rows
-
-
-# ---------------------------------------------------------------------------------- progress
-class Progress:
-    """``mode``: "bar" (tqdm over the input's bytes, so the ETA holds for a stream, with
-    molecules/s), "log" (a plain line every ``log_every`` seconds), "none", or "auto" (bar on a
-    terminal, log lines otherwise). ``True``/``False``/``None`` mean bar/none/auto."""
-
-    def __init__(
-        self,
-        total_bytes: int,
-        mode: str | bool | None = "auto",
-        log_every: float = 10.0,
-        stream=None,
-    ):
-        self.stream = stream or sys.stderr
-        self.total = max(total_bytes, 1)
-        self.start = time.perf_counter()
-        self.n_rows = self.n_failed = 0
-        self.bytes = 0
-        self._skipped_bytes = 0
-        self.log_every = log_every
-        self._last_log = self.start
-        mode = {True: "bar", False: "none", None: "auto"}.get(mode, mode)
-        if mode not in ("auto", "bar", "log", "none"):
-            raise ValueError(f"progress mode {mode!r}: use auto, bar, log or none")
-        if mode == "auto":
-            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
-        self.bar = None
-        if mode == "bar":
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total,
-                unit="B",
-                unit_scale=True,
-                file=self.stream,
-                desc="screen",
-                smoothing=0.1,
-                dynamic_ncols=True,
-            )
-        self.quiet = mode == "none"
-
-    def skip(self, nbytes: int) -> None:  # may be called from the reader thread
-        self._skipped_bytes += nbytes
-
-    def rate(self) -> float:
-        return self.n_rows / max(time.perf_counter() - self.start, 1e-9)
-
-    def update(self, rows: Sequence[dict], nbytes: int) -> None:
-        self.n_rows += len(rows)
-        self.n_failed += sum(1 for r in rows if r["status"] != "ok")
-        skipped, self._skipped_bytes = self._skipped_bytes, 0
-        self.bytes += nbytes + skipped
-        if self.bar is not None:
-            self.bar.update(nbytes + skipped)
-            self.bar.set_postfix(
-                mol_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed, refresh=False
-            )
-        elif not self.quiet and time.perf_counter() - self._last_log >= self.log_every:
-            self._last_log = time.perf_counter()
-            frac = min(self.bytes / self.total, 1.0)
-            elapsed = self._last_log - self.start
-            eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-            print(
-                f"screen: {self.n_rows} molecules ({self.n_failed} failed), "
-                f"{self.rate():.1f} molecules/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
-                file=self.stream,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-@dataclass
-class ScreenStats:
-    out: str
-    n_rows: int = 0  # rows written by this run
-    n_failed: int = 0
-    n_existing: int = 0  # rows already in OUT (skipped)
-    elapsed_s: float = 0.0
-    interrupted: bool = False
-    mode: str = "local"
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def molecules_per_s(self) -> float:
-        return self.n_rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def summary(self) -> str:
-        state = "interrupted" if self.interrupted else "done"
-        return (
-            f"screen {state}: {self.n_rows} molecules ({self.n_rows - self.n_failed} ok, "
-            f"{self.n_failed} failed) in {self.elapsed_s:.2f} s = "
-            f"{self.molecules_per_s:.1f} molecules/s [{self.mode}]; "
-            f"{self.n_existing} already in {self.out} skipped"
-        )
-
 
 # ---------------------------------------------------------------------------------- local run
 _END = object()
@@ -331,7 +142,7 @@ def screen(
     try:
         raws = iter_raw(inputs, sink.done, on_skip=prog.skip)
         if scheduler or workers or devices:
-            from .distributed import run_pool
+            from .distributed import run_pool  # dask / process pools, imported when asked for
 
             stats.mode = run_pool(
                 raws,

@@ -1,4 +1,4 @@
-"""The reference backend: TensorNet's forward in plain PyTorch, exactly as SPEC.md writes it.
+"""The reference backend: TensorNet's forward in plain PyTorch, exactly as docs/spec.md writes it.
 
 Forces come from autograd through it. It favours clarity over speed (per-edge [E, 3, 3, F]
 tensors appear in the embedding and message passing); the fused backends are tested against it.
@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.config import ModelConfig
-from ..shared.radial import ACTIVATION_FUNCTIONS, cosine_cutoff, expnorm_rbf, gauss_rbf
+from ...model.params import InteractionParams, RepresentationParams, TensorEmbeddingParams
+from ..shared.radial import (
+    ACTIVATION_FUNCTIONS,
+    cosine_cutoff,
+    radial_basis,
+    radial_filter,
+    scalar_head,
+)
 from .tensor_algebra import (
     channel_linear,
     compose,
@@ -21,15 +28,6 @@ from .tensor_algebra import (
     skew,
     squared_norm,
 )
-from ...model.params import InteractionParams, RepresentationParams, TensorEmbeddingParams
-
-
-def radial_basis(rep: RepresentationParams, config: ModelConfig, d: Tensor) -> Tensor:
-    """e(d) [E, K]."""
-    rbf = rep.distance_expansion
-    if config.rbf_type == "expnorm":
-        return expnorm_rbf(d, rbf.means, rbf.betas, config.cutoff_lower, config.cutoff_upper)
-    return gauss_rbf(d, rbf.offset, rbf.coeff)
 
 
 def _linear(module: torch.nn.Linear, x: Tensor) -> Tensor:
@@ -45,7 +43,7 @@ def embedding(
     phi: Tensor,
     rbf: Tensor,
 ) -> Tensor:
-    """X^0 [N, 3, 3, F] (SPEC.md "Embedding")."""
+    """X^0 [N, 3, 3, F] (docs/spec.md "Embedding")."""
     act = ACTIVATION_FUNCTIONS[config.activation]
     n, f = z.shape[0], config.embedding_dimension
     i, j = edge_index
@@ -82,17 +80,6 @@ def embedding(
     )
 
 
-def radial_filter(
-    layer: InteractionParams, config: ModelConfig, rbf: Tensor, phi: Tensor
-) -> Tensor:
-    """h(d) = sigma(W2 sigma(W1 sigma(W0 e + b0) + b1) + b2) * phi  [E, 3F], blocked I | A | S."""
-    act = ACTIVATION_FUNCTIONS[config.activation]
-    h = rbf
-    for lin in layer.linears_scalar:
-        h = act(_linear(lin, h))
-    return h * phi[:, None]
-
-
 def interaction(
     layer: InteractionParams,
     config: ModelConfig,
@@ -102,7 +89,7 @@ def interaction(
     phi: Tensor,
     charge_factor: Tensor,
 ) -> Tensor:
-    """One interaction layer X -> X' (SPEC.md "Interaction layer")."""
+    """One interaction layer X -> X' (docs/spec.md "Interaction layer")."""
     f = config.embedding_dimension
     i, j = edge_index
     f_i, f_a, f_s = radial_filter(layer, config, rbf, phi).split(f, dim=-1)  # [E, F] each
@@ -137,15 +124,6 @@ def atomic_features(rep: RepresentationParams, config: ModelConfig, x: Tensor) -
         feats, (3 * config.embedding_dimension,), rep.out_norm.weight, rep.out_norm.bias
     )
     return act(_linear(rep.linear, feats))
-
-
-def scalar_head(head: torch.nn.Sequential, config: ModelConfig, h: Tensor) -> Tensor:
-    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]"""
-    act = ACTIVATION_FUNCTIONS[config.activation]
-    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
-    for lin in linears[:-1]:
-        h = act(_linear(lin, h))
-    return _linear(linears[-1], h)
 
 
 def atomic_energies(

@@ -1,4 +1,4 @@
-"""3x3-per-channel algebra in the full layout [N, 3, 3, F] (SPEC.md "Notation")."""
+"""3x3-per-channel algebra in the full layout [N, 3, 3, F] (docs/spec.md "Notation")."""
 
 from __future__ import annotations
 

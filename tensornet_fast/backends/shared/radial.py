@@ -1,4 +1,8 @@
-"""Radial pieces: cosine cutoff, radial basis functions, activations (SPEC.md "Radial pieces")."""
+"""Radial pieces (docs/spec.md "Radial pieces"): cosine cutoff, radial basis functions,
+activations, and the radial filters built from them (the embedding's distance projection and
+each layer's filter MLP) as functions of d, with their d-derivatives written out. Every backend
+evaluates filters through these definitions (the reference math directly, the cpu and triton
+backends as exact evaluations or tables)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ...model.config import ModelConfig
 
 
 def cosine_cutoff(d: Tensor, cutoff_lower: float, cutoff_upper: float) -> Tensor:
@@ -48,3 +54,101 @@ ACTIVATION_FUNCTIONS = {
     "sigmoid": torch.sigmoid,
     "mish": F.mish,
 }
+
+
+def radial_basis(rep, config: ModelConfig, d: Tensor) -> Tensor:
+    """e(d) [E, K]."""
+    rbf = rep.distance_expansion
+    if config.rbf_type == "expnorm":
+        return expnorm_rbf(d, rbf.means, rbf.betas, config.cutoff_lower, config.cutoff_upper)
+    return gauss_rbf(d, rbf.offset, rbf.coeff)
+
+
+def radial_filter(layer, config: ModelConfig, rbf: Tensor, phi: Tensor) -> Tensor:
+    """h(d) = sigma(W2 sigma(W1 sigma(W0 e + b0) + b1) + b2) * phi  [E, 3F], blocked I | A | S."""
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    h = rbf
+    for lin in layer.linears_scalar:
+        h = act(F.linear(h, lin.weight, lin.bias))
+    return h * phi[:, None]
+
+
+def scalar_head(head: torch.nn.Sequential, config: ModelConfig, h: Tensor) -> Tensor:
+    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]"""
+    act = ACTIVATION_FUNCTIONS[config.activation]
+    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+    for lin in linears[:-1]:
+        h = act(F.linear(h, lin.weight, lin.bias))
+    return F.linear(h, linears[-1].weight, linears[-1].bias)
+
+
+# ----------------------------------------------------------------------------- radial filters
+def embedding_filter_fn(rep, config: ModelConfig):
+    """d [U] -> [U, 3F]: (distance_proj{1,2,3}(e(d))) * phi(d), blocked I | A | S."""
+    emb = rep.tensor_embedding
+
+    def fn(d: Tensor) -> Tensor:
+        rbf = radial_basis(rep, config, d)
+        phi = cosine_cutoff(d, config.cutoff_lower, config.cutoff_upper)[:, None]
+        w = torch.cat(
+            [emb.distance_proj1.weight, emb.distance_proj2.weight, emb.distance_proj3.weight]
+        )
+        b = torch.cat([emb.distance_proj1.bias, emb.distance_proj2.bias, emb.distance_proj3.bias])
+        return F.linear(rbf, w, b) * phi
+
+    return fn
+
+
+def layer_filter_fn(rep, layer, config: ModelConfig):
+    """d [U] -> [U, 3F]: the interaction layer's filter h(d) (phi included)."""
+
+    def fn(d: Tensor) -> Tensor:
+        rbf = radial_basis(rep, config, d)
+        phi = cosine_cutoff(d, config.cutoff_lower, config.cutoff_upper)
+        return radial_filter(layer, config, rbf, phi)
+
+    return fn
+
+
+def filter_fns(rep, config: ModelConfig) -> list:
+    """Every radial filter of ``rep`` as a function d [U] -> [U, 3F]: the embedding's, then
+    each interaction layer's (the order of the tables and of the kernels' filter arguments)."""
+    return [embedding_filter_fn(rep, config)] + [
+        layer_filter_fn(rep, layer, config) for layer in rep.layers
+    ]
+
+
+def cutoff_and_derivative(d: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """phi(d) (cosine_cutoff) and dphi/dd, written out (no forward-mode AD)."""
+    phi = cosine_cutoff(d, lo, hi)
+    if lo > 0:
+        scale = 2.0 / (hi - lo)
+        x = scale * (d - lo) + 1.0
+        inside = ((d < hi) & (d > lo)).to(d.dtype)
+    else:
+        scale = 1.0 / hi
+        x = d * scale
+        inside = (d < hi).to(d.dtype)
+    return phi, -0.5 * math.pi * scale * torch.sin(math.pi * x) * inside
+
+
+def radial_basis_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """e(d) [U, K], de/dd, phi(d) [U, 1], dphi/dd: the derivatives of the expnorm /
+    gauss RBF and cosine cutoff written out (forward-mode AD through torch.func costs a
+    ~150 MB lazy import and many small ops)."""
+    lo, hi = config.cutoff_lower, config.cutoff_upper
+    phi, dphi = cutoff_and_derivative(d, lo, hi)
+    rbf = rep.distance_expansion
+    dd = d[:, None]
+    if config.rbf_type == "expnorm":
+        alpha = 5.0 / (hi - lo)
+        env, denv = cutoff_and_derivative(dd, 0.0, hi)
+        u = torch.exp(alpha * (lo - dd))
+        g = torch.exp(-rbf.betas * (u - rbf.means) ** 2)
+        e = env * g
+        de = g * (denv + env * (2.0 * alpha) * rbf.betas * u * (u - rbf.means))
+    else:
+        diff = dd - rbf.offset
+        e = torch.exp(rbf.coeff * diff**2)
+        de = 2.0 * rbf.coeff * diff * e
+    return e, de, phi[:, None], dphi[:, None]

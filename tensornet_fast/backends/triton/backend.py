@@ -1,11 +1,12 @@
 """The Triton backend (``backend="triton"``): TensorNet's forward and force backward on fused
-Triton kernels (kernels/), in the compressed [N, 9, F] layout of the cpu backend.
+Triton kernels (kernels/), in the compressed [N, 9, F] layout (``backends.shared.layout``).
 
 Kernels (each a ``torch.library.custom_op`` with a fake implementation and autograd):
 
 * ``kernels/radial_filter.py``: the filter MLPs (embedding projection and every layer's
   K -> F -> 2F -> 3F) with their d-derivatives, once per DISTINCT distance (exact mode), or the
-  tabulated mode's cubic Hermite splines (built once per model, evaluated inside the edge kernels);
+  tabulated mode's quintic Hermite tables (``backends.shared.tables``, the same tables as the cpu
+  backend's, evaluated inside the edge kernels);
 * ``kernels/edge_passes.py``: the embedding and message passes as CSR segment reductions over the
   receiver-sorted radius graph (no per-edge [E, 9, F] tensor), and their force backward per edge;
 * ``kernels/tensor_products.py``: the per-atom 3x3 products with the normalisation, and the
@@ -21,7 +22,6 @@ This backend is for inference (energies, forces, stress); training mode uses the
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
@@ -29,17 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...model.config import ModelConfig
-from ..cpu.backend import (
-    TABLE_INTERVALS,
-    Spline,
-    _embedding_geometry,
-    _pair_table,
-    block_linear,
-    embedding_combine,
-    filter_fns,
-    output_energies,
-    sq_norm,
-)
+from ..base import Backend
+from ..shared.cache import derived
+from ..shared.layout import block_linear, embedding_geometry, sq_norm
+from ..shared.node_ops import embedding_combine, output_energies
+from ..shared.tables import filter_tables
 
 _MODULES: dict = {}
 
@@ -63,22 +57,14 @@ def supports_device(device: torch.device) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-model state
-def _model_cache(model, key: tuple, build):
-    cache = model.__dict__.setdefault("_triton_cache", {})
-    if key not in cache:
-        if len(cache) > 8:  # a model moved between many dtypes/devices: drop stale tables
-            cache.clear()
-        cache[key] = build()
-    return cache[key]
-
-
 def filter_weights(model) -> list:
-    """Padded filter parameters per radial filter (embedding first, then each layer)."""
+    """Padded filter parameters per radial filter (embedding first, then each layer), rebuilt
+    when the weights change."""
     rep, config = model.representation_model, model.config
     fw = load_kernels()["filt"].FilterWeights
-    return _model_cache(
+    return derived(
         model,
-        ("weights", model.dtype, model.device),
+        "triton_filter_weights",
         lambda: (
             [fw(rep, None, config, model.dtype, model.device)]
             + [fw(rep, layer, config, model.dtype, model.device) for layer in rep.layers]
@@ -86,22 +72,14 @@ def filter_weights(model) -> list:
     )
 
 
-def splines(model, intervals: int = TABLE_INTERVALS) -> list[tuple[Tensor, float, float]]:
-    """(coefficients [n, 4, 3F] on the model's device, lower bound, 1/h) per radial filter,
-    built in float64 on the CPU from a float64 copy of the weights."""
+def splines(model) -> list[tuple[Tensor, float, float]]:
+    """(coefficients [n, 6, 3F] on the model's device, lower bound, 1/h) per radial filter:
+    the shared tables (``shared.tables.filter_tables``), rebuilt when the weights change."""
 
     def build():
-        config = model.config
-        rep64 = copy.deepcopy(model.representation_model).to("cpu", torch.float64)
-        fns = filter_fns(rep64, config)
-        lo, hi = config.cutoff_lower, config.cutoff_upper
-        out = []
-        for fn in fns:
-            sp = Spline(fn, lo, hi, intervals, model.dtype)
-            out.append((sp.coef.to(model.device), sp.lo, 1.0 / sp.h))
-        return out
+        return [(sp.coef.to(model.device), sp.lo, 1.0 / sp.h) for sp in filter_tables(model)]
 
-    return _model_cache(model, ("splines", model.dtype, model.device, intervals), build)
+    return derived(model, "triton_tables", build)
 
 
 class _Filters:
@@ -128,11 +106,20 @@ class _Filters:
             self.args.append((tab, dtab if deriv else tab, inverse, lo, 1.0, False))
 
 
+def _pair_table(emb, z: Tensor) -> tuple[Tensor, Tensor, int]:
+    """emb2([emb(z_a); emb(z_b)]) for the species present [S*S, F], and each atom's species."""
+    species, zidx = torch.unique(z, return_inverse=True)
+    return _pairs(emb, emb.emb.weight[species]), zidx, species.shape[0]
+
+
 def _full_pair_table(emb) -> Tensor:
     """emb2([emb(a); emb(b)]) for every element pair [max_z * max_z, F]."""
-    atom = emb.emb.weight
+    return _pairs(emb, emb.emb.weight)
+
+
+def _pairs(emb, atom: Tensor) -> Tensor:
     s = atom.shape[0]
-    both = torch.cat((atom.repeat_interleave(s, 0), atom.repeat(s, 1)), 1)
+    both = torch.cat((atom.repeat_interleave(s, 0), atom.repeat(s, 1)), 1)  # [S*S, 2F]
     return F.linear(both, emb.emb2.weight, emb.emb2.bias)
 
 
@@ -140,7 +127,7 @@ def _full_pair_table(emb) -> Tensor:
 def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = False) -> Tensor:
     """Per-atom output epsilon_i [N, 1], like ``reference.atomic_energies``.
 
-    ``static=True`` (set by tensornet_fast.traceable for torch.compile / export / CUDA graphs,
+    ``static=True`` (set by the model's assembly for torch.compile / export / CUDA graphs,
     and implied while torch.compile traces): no host synchronisation and shapes that depend only
     on input shapes (filters per edge instead of per distinct distance, the element-pair table
     over every element instead of the species present). Same numbers either way."""
@@ -157,7 +144,7 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
     not_self = (d != 0).to(d.dtype)[:, None]
     safe = torch.where(d != 0, d, torch.ones_like(d))[:, None]
     rhat = vec / safe * not_self  # [E, 3], 0 on self-loops
-    geo = _embedding_geometry(rhat).contiguous()  # [E, 9]
+    geo = embedding_geometry(rhat).contiguous()  # [E, 9]
     deriv = torch.is_grad_enabled() and d.requires_grad
     with torch.no_grad():
         filters = _Filters(model, d.detach(), deriv, static)
@@ -184,3 +171,33 @@ def atomic_energies(model, z: Tensor, nl, charge_factor: Tensor, static: bool = 
         dx = block_linear(b, wt[3], wt[4], wt[5])
         x = prod.update(x_bar, dx, q)
     return output_energies(model, x)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    traceable = True
+    filter_modes = ("exact", "tabulated")
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        import importlib.util
+
+        # find_spec, not import: importing Triton costs ~1 s and only this backend needs it
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed (pip install 'tensornet-fast[triton]')"
+        if interpreter_active() or torch.cuda.is_available():
+            return None
+        return "no CUDA device (set TRITON_INTERPRET=1 to run its kernels on CPU, slowly)"
+
+    def runs_on(self, device: torch.device) -> bool:
+        return supports_device(device)
+
+    def prepare(self, model) -> None:
+        load_kernels()
+        if model.filter_mode == "tabulated":
+            splines(model)
+        else:
+            filter_weights(model)
+
+    def atomic_energies(self, model, z: Tensor, nl, charge_factor: Tensor, *, static=False):
+        return atomic_energies(model, z, nl, charge_factor, static=static)

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig, PriorSpec
 from ...errors import CheckpointError
+from ..config import ModelConfig, PriorSpec
 
 LAYOUTS = ("auto", "blocked", "interleaved")
 SUPPORTED_PRIORS = ("Atomref", "LearnableAtomref", "ZBL", "D2")

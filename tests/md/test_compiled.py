@@ -1,4 +1,4 @@
-"""torch.compile(fullgraph=True) over energy + forces (tensornet_fast.compiled): compiled equals
+"""torch.compile(fullgraph=True) over energy + forces (tensornet_fast.md.compile): compiled equals
 eager within the tolerance table, for every available backend that is traceable; the others
 refuse with a clear error. A graph break would fail compilation (fullgraph=True)."""
 
@@ -11,8 +11,11 @@ from systems import molecule_batch, water_box
 from tolerances import assert_close
 
 import tensornet_fast as tnf
+from tensornet_fast.backends import backend_class
+from tensornet_fast.errors import NotTraceable
 from tensornet_fast.md.compile import compile_model
-from tensornet_fast.md.traceable import TRACEABLE_BACKENDS, NotTraceable
+
+TRACEABLE_BACKENDS = [b for b in tnf.available_backends() if backend_class(b).traceable]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,7 @@ def test_compiled_matches_eager(ckpt, backend):
     assert compiles() == 1, "the second system recompiled (dynamic shapes expected)"
 
 
-@pytest.mark.parametrize(
-    "backend", [b for b in tnf.available_backends() if b in TRACEABLE_BACKENDS]
-)
+@pytest.mark.parametrize("backend", TRACEABLE_BACKENDS)
 def test_compiled_periodic_stress_fullgraph(ckpt, backend):
     """Periodic cell with stress: Dynamo captures it as one graph (fullgraph=True: a graph break
     would raise) with the right values. Run with torch.compile's "eager" backend: Inductor's

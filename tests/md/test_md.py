@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from oracle import make_checkpoint, make_small_checkpoint, pair_prior
+from paths import ROOT
 from systems import molecule_batch, water_box
 from tolerances import assert_close
 
@@ -73,10 +74,9 @@ def test_skin_reuse_gives_fresh_results(ckpt, system):
     assert torch.allclose(energy, fresh_e, rtol=1e-13, atol=0)
     assert torch.allclose(forces, fresh_f, rtol=0, atol=1e-13 * float(fresh_f.abs().max()))
     # The reused list, cut at the cutoff, is exactly the radius graph at the new positions.
-    from tensornet_fast.md.traceable import Edges, edge_geometry
+    from tensornet_fast.md.traceable import edge_geometry
 
-    edges = Edges(step.edge_index, step.shifts if box is not None else None, step.valid)
-    _, dist, _, _ = edge_geometry(model, moved, step.batch, step.cell, edges)
+    _, dist, _, _ = edge_geometry(model, moved, step.batch, step.cell, step.edges())
     active = step.valid & (dist < model.cutoff)
     nl = tnf.radius_graph_full(moved, model.cutoff, step.batch, box, loop=True)
     assert torch.equal(step.edge_index[:, active], nl.edge_index)
@@ -158,7 +158,7 @@ def test_md_example_conserves_energy():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     out = subprocess.run(
         [sys.executable, os.path.join(root, "examples", "md_step.py"), "--steps", "100"],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The "cpu" backend (tensornet_fast/cpu_backend.py, csrc/cpu_tensornet.cpp) against torchmd-net 3.1
+"""The "cpu" backend (tensornet_fast/backends/cpu/, csrc/) against torchmd-net 3.1
 (pure path, tests/oracle.py) and the reference backend, in exact and tabulated filter modes.
 
 Small models (F=16, K=8) and systems (tens of atoms) keep this file well under a minute.
@@ -15,7 +15,13 @@ from systems import molecule_batch, water_box
 from tolerances import FAST_MODE_FACTOR, FP32_NOISE_FLOOR, assert_close, relative_error
 
 import tensornet_fast as tnf
-from tensornet_fast.backends.cpu import backend as cpu_backend
+from tensornet_fast.backends import FILTER_MODES, base
+from tensornet_fast.backends.cpu import CpuBackend
+from tensornet_fast.backends.cpu.fused import _RowStack
+from tensornet_fast.backends.cpu.ops import compiled_ops
+from tensornet_fast.backends.shared.cache import weights_key
+from tensornet_fast.backends.shared.radial import ACTIVATION_FUNCTIONS
+from tensornet_fast.backends.shared.tables import Spline, build_splines
 
 SMALL = dict(embedding_dimension=16, num_rbf=8)
 CASES = {
@@ -83,7 +89,7 @@ def test_periodic_box(tmp_path, precision, parity_report):
     )
     z, pos, box = water_box(3, spacing=3.25, seed=5, dtype=dtype)
     y_tmd, f_tmd = oracle_energy_forces(load_oracle(path), z, pos, box=box)
-    for mode in cpu_backend.FILTER_MODES:
+    for mode in FILTER_MODES:
         y, f = tnf.load_model(path, backend="cpu", filter_mode=mode)(z, pos, box=box)
         if mode == "exact":
             errs = (
@@ -106,7 +112,7 @@ def _fp64_errors(path, z, pos, batch, mode, precision):
 
 @pytest.mark.parametrize("case", ["o3_2layers", "so3_2layers", "lower_cutoff"])
 def test_tabulated_error_bound(ckpts, case):
-    """SPEC.md: a fast mode stays within FAST_MODE_FACTOR x the error of the exact float32 path
+    """docs/spec.md: a fast mode stays within FAST_MODE_FACTOR x the error of the exact float32 path
     (both against float64). The table's own error (float64 tabulated) is far below it; measured
     ~4e-11 energy, ~3e-8 forces with 2048 intervals."""
     z, pos, batch = molecule_batch(dtype=torch.float64)
@@ -119,7 +125,7 @@ def test_tabulated_error_bound(ckpts, case):
     assert et64 < 1e-8 and ft64 < 1e-6, (et64, ft64)
     # a coarse table must be visibly worse: the test can detect a wrong spline
     model = tnf.load_model(path, backend="cpu", filter_mode="tabulated", precision=64)
-    model._splines = ((model.dtype, model.device), cpu_backend.build_splines(model, 16))
+    model._derived_state["filter_tables"] = (weights_key(model), build_splines(model, 16))
     y64, f64 = tnf.load_model(path, backend="reference", precision=64)(z, pos, batch)
     assert relative_error(model(z, pos, batch)[1], f64) > 10 * ft64
 
@@ -133,7 +139,7 @@ def test_auto_filter_mode(ckpts, case, parity_report):
     path = ckpts[case, 32]
     model = tnf.load_model(path)
     assert model.filter_request == "auto" and model.filter_mode == "tabulated"
-    checks = [s.check for s in model.cpu_splines()]
+    checks = [s.check for s in model.filter_tables()]
     assert len(checks) == 1 + len(model.representation_model.layers)
     assert all(c.within_fp32_rounding for c in checks), checks
     y, f = model(z, pos, batch)
@@ -157,18 +163,18 @@ def test_auto_filter_mode(ckpts, case, parity_report):
 
 def test_auto_filter_mode_falls_back_to_exact(ckpts, monkeypatch):
     """A filter the 512-interval table cannot follow (RBF widths 10x narrower: betas x 100)
-    makes "auto" run the exact filters, with one warning naming the measured errors."""
-    monkeypatch.setattr(tnf.backends, "_warned", set())
+    makes "auto" run the exact filters, with one warning naming the measured errors. The
+    edit is in place after loading: the tables and their checks must follow the weights."""
+    monkeypatch.setattr(base, "_warned", set())
     z, pos, batch = molecule_batch(dtype=torch.float32)
     path = ckpts["o3_2layers", 32]
     models = [tnf.load_model(path, filter_mode=mode) for mode in ("auto", "exact")]
     for m in models:
         with torch.no_grad():
             m.representation_model.distance_expansion.betas.mul_(100.0)
-        m._splines = m._cpu_prepared = None
     with pytest.warns(UserWarning, match="uses the exact filters.*above the float32 rounding"):
         assert models[0].filter_mode == "exact"
-    assert not all(s.check.within_fp32_rounding for s in models[0].cpu_splines())
+    assert not all(s.check.within_fp32_rounding for s in models[0].filter_tables())
     (y, f), (y_exact, f_exact) = (m(z, pos, batch) for m in models)
     assert torch.equal(y, y_exact) and torch.equal(f, f_exact)
 
@@ -176,15 +182,15 @@ def test_auto_filter_mode_falls_back_to_exact(ckpts, monkeypatch):
 def test_table_check_measures_the_table(ckpts):
     """TableCheck against a table that is visibly too coarse: 16 intervals instead of 512."""
     model = tnf.load_model(ckpts["o3_2layers", 32], filter_mode="exact")
-    fine = cpu_backend.build_splines(model)
-    coarse = cpu_backend.build_splines(model, 16)
+    fine = build_splines(model)
+    coarse = build_splines(model, 16)
     for a, b in zip(fine, coarse):
         assert b.check.derivative_error > 100 * a.check.derivative_error
         assert b.check.value_error > 100 * a.check.value_error
         assert not b.check.within_fp32_rounding and a.check.within_fp32_rounding
 
 
-@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
+@pytest.mark.parametrize("mode", FILTER_MODES)
 @pytest.mark.parametrize("group", ["O(3)", "SO(3)"])
 def test_gradcheck(tmp_path, mode, group):
     """Forces are the exact gradient of the same function (for tabulated: of the splines)."""
@@ -211,22 +217,22 @@ def test_gradcheck(tmp_path, mode, group):
 
 
 @pytest.mark.parametrize("case", ["so3_2layers", "o3_2layers"])
-@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
-def test_compiled_kernels_match_torch_path(ckpts, mode, case, monkeypatch):
+@pytest.mark.parametrize("mode", FILTER_MODES)
+def test_compiled_kernels_match_torch_path(ckpts, mode, case):
     """The compiled path (edge kernels, fused layers with their hand-written backward, fused
     exact-filter evaluation) against the chunked torch path with autograd."""
-    if cpu_backend._ext() is None:
+    if compiled_ops() is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     z, pos, batch = molecule_batch(dtype=torch.float64)
     model = tnf.load_model(ckpts[case, 64], backend="cpu", filter_mode=mode)
     y_c, f_c = model(z, pos, batch)
-    monkeypatch.setattr(cpu_backend, "USE_EXTENSION", False)
-    y_t, f_t = model(z, pos, batch)
+    torch_path = CpuBackend(use_extension=False)
+    y_t, f_t = tnf.load_model(ckpts[case, 64], backend=torch_path, filter_mode=mode)(z, pos, batch)
     assert_close(y_c, y_t, torch.float64, "energy")
     assert_close(f_c, f_t, torch.float64, "forces")
 
 
-@pytest.mark.parametrize("mode", cpu_backend.FILTER_MODES)
+@pytest.mark.parametrize("mode", FILTER_MODES)
 def test_deterministic(ckpts, mode):
     z, pos, batch = molecule_batch(dtype=torch.float32)
     model = tnf.load_model(ckpts["o3_2layers", 32], backend="cpu", filter_mode=mode)
@@ -246,7 +252,7 @@ def test_backend_selection(ckpts, monkeypatch):
     assert tnf.load_model(path, backend="cpu").backend == "cpu"  # argument beats environment
     with pytest.raises(ValueError, match="filter_mode"):
         tnf.load_model(path, backend="cpu", filter_mode="spline")
-    with pytest.raises(ValueError, match="needs backend='cpu'"):
+    with pytest.raises(ValueError, match="needs a backend that has it"):
         tnf.load_model(path, backend="reference", filter_mode="tabulated")
     # auto picks per device: the cpu backend only serves CPU tensors
     monkeypatch.delenv("TENSORNET_FAST_BACKEND")
@@ -275,7 +281,7 @@ def test_training_mode_uses_reference_math(ckpts):
 def test_bias_act_jvp_kernel(act, width, dtype):
     """The exact filters' fused epilogue (bias, activation, tangent; its own vectorised exp for
     float32) against torch's activation and forward-mode AD in float64, over +-100."""
-    ops = cpu_backend._ext()
+    ops = compiled_ops()
     if ops is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     gen = torch.Generator().manual_seed(width + act)
@@ -295,7 +301,7 @@ def test_bias_act_jvp_kernel(act, width, dtype):
 @pytest.mark.parametrize("degree", [3, 5])
 @pytest.mark.parametrize("lower", [0.0, 1.0])
 def test_spline_order(degree, lower):
-    """Hermite splines (cubic: the triton tables, quintic: the cpu backend's) converge at their
+    """Hermite splines (cubic, and quintic: the tables of every backend) converge at their
     order, values as h^(degree + 1) and derivatives as h^degree, up to the cutoffs: the cosine
     cutoff's second derivative jumps there, and the quintic uses its one-sided limit (fitted to
     the value outside, its last interval's derivative error fell only as h)."""
@@ -309,7 +315,7 @@ def test_spline_order(degree, lower):
     ref, ref_d = torch.func.jvp(fn, (d,), (torch.ones_like(d),))
     errors = []
     for n in (32, 64):
-        spline = cpu_backend.Spline(fn, lower, 5.0, n, torch.float64, degree)
+        spline = Spline(fn, lower, 5.0, n, torch.float64, degree)
         assert spline.coef.shape == (n, degree + 1, 2)
         val, der = spline.evaluate(d, True)
         errors.append(((val - ref).abs().max(), (der - ref_d).abs().max()))
@@ -322,14 +328,14 @@ def test_spline_order(degree, lower):
 def test_spline_locate_kernel():
     """The compiled spline coordinates (cpu_spline_locate) are bitwise Spline.locate's, with
     -1 below a lower cutoff; distances below, inside, at and beyond the grid."""
-    ops = cpu_backend._ext()
+    ops = compiled_ops()
     if ops is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     gen = torch.Generator().manual_seed(3)
     for dtype in (torch.float32, torch.float64):
         d = torch.rand(5000, generator=gen, dtype=dtype) * 6.0
         d[:4] = torch.tensor([0.0, 0.9, 4.5, 6.0], dtype=dtype)
-        spline = cpu_backend.Spline(lambda x: x[:, None], 0.9, 4.5, 2048, dtype)
+        spline = Spline(lambda x: x[:, None], 0.9, 4.5, 2048, dtype)
         k_ref, s_ref = spline.locate(d)
         k_ref = torch.where(d >= spline.lo, k_ref, torch.full_like(k_ref, -1))
         k, s = ops.cpu_spline_locate(d, spline.lo, spline.h, spline.n, True)
@@ -343,7 +349,7 @@ def test_row_stack_kernels(activation, rows, dtype):
     """LayerNorm + linear (+ activation) stacks (cpu_rows_fwd / cpu_rows_bwd) against torch's
     modules and autograd in float64, the last layer without activation as in the head (float32:
     the compiled GEMM and, for SiLU / sigmoid, the compiled activations)."""
-    if cpu_backend._ext() is None:
+    if compiled_ops() is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     torch.manual_seed(rows)
     norm = torch.nn.LayerNorm(12, dtype=torch.float64)
@@ -353,13 +359,14 @@ def test_row_stack_kernels(activation, rows, dtype):
         norm.bias.uniform_(-0.5, 0.5)
         for lin in lins:  # weights of O(1) so the activations see arguments well beyond +-1
             lin.weight.mul_(3.0)
-    stack = cpu_backend._RowStack(
+    stack = _RowStack(
+        compiled_ops(),
         copy.deepcopy(norm).to(dtype),
         [(copy.deepcopy(lins[0]).to(dtype), True), (copy.deepcopy(lins[1]).to(dtype), True)]
         + [(copy.deepcopy(lins[2]).to(dtype), False)],
         activation,
     )
-    act = cpu_backend.ACTIVATION_FUNCTIONS[activation]
+    act = ACTIVATION_FUNCTIONS[activation]
     x = torch.randn(rows, 12, dtype=torch.float64, requires_grad=True)
     ref = lins[2](act(lins[1](act(lins[0](norm(x))))))
     g = torch.randn_like(ref)
@@ -377,7 +384,7 @@ def test_packed_gemm_kernel(rows):
     the embedding combine (9 channel GEMMs per atom, F=80: five 16-column panels, with AVX-512 a
     4-panel tile and a 1-panel one) forward and backward, and a row stack 48 -> 32 -> 16 -> 1
     (bias epilogue, K != N, K = 1 backward; 2-panel tiles and 2 + 1)."""
-    ops = cpu_backend._ext()
+    ops = compiled_ops()
     if ops is None:
         pytest.skip("tensornet_fast._C not built (python setup.py build_ext --inplace)")
     gen = torch.Generator().manual_seed(rows)
@@ -401,7 +408,7 @@ def test_packed_gemm_kernel(rows):
     norm64 = torch.nn.LayerNorm(48, dtype=torch.float64)
     lins = [torch.nn.Linear(a, b, dtype=torch.float64) for a, b in ((48, 32), (32, 16), (16, 1))]
     layers = [(lin.float(), k < 2) for k, lin in enumerate(copy.deepcopy(lins))]
-    stack = cpu_backend._RowStack(copy.deepcopy(norm64).float(), layers, "silu")
+    stack = _RowStack(ops, copy.deepcopy(norm64).float(), layers, "silu")
     assert [t.numel() > 0 for t in stack.packed_fwd] == [True, True, False]
     assert all(t.numel() > 0 for t in stack.packed_bwd)
     x64 = torch.randn(rows, 48, dtype=torch.float64, requires_grad=True)

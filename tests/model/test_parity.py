@@ -1,6 +1,6 @@
 """Parity with torchmd-net 3.1 (pure-PyTorch path) on checkpoints torchmd-net writes itself.
 
-Every case is run in float32 and float64; tolerances come from tests/tolerances.py (SPEC.md).
+Every case is run in float32 and float64; tolerances come from tests/tolerances.py (docs/spec.md).
 The worst errors per dtype are written to the terminal summary (see conftest.py).
 """
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from oracle import load_oracle, oracle_energy_forces
+from paths import PACKAGE_DATA, TEST_DATA
 from tolerances import assert_close
 
 import tensornet_fast
 from tensornet_fast.model import NAMED_MODELS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(os.path.dirname(HERE), "tensornet_fast", "data")
-HELDOUT = os.path.join(HERE, "data", "default_model_heldout.json")
+DATA = PACKAGE_DATA
+HELDOUT = os.path.join(TEST_DATA, "default_model_heldout.json")
 METRICS = os.path.join(DATA, "default_model_metrics.json")
 
 # The held-out sample is 12 structures, so its MAE scatters around the full test-set MAE; the

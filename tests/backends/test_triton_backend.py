@@ -119,7 +119,7 @@ def _fp64_errors(path, z, pos, batch, mode, precision):
 
 
 def test_tabulated_error_bound(ckpts):
-    """SPEC.md: a fast mode stays within FAST_MODE_FACTOR x the exact float32 path's error
+    """docs/spec.md: a fast mode stays within FAST_MODE_FACTOR x the exact float32 path's error
     (both vs float64); the table's own error (float64 tabulated) is far below it."""
     z, pos, batch = molecule_batch(dtype=torch.float64)
     path = ckpts["o3_2layers", 32]
@@ -206,8 +206,8 @@ def test_torch_compile_fullgraph(ckpts, mode):
     """The Triton backend's forward traces without graph breaks (custom ops with fake
     implementations; per-edge filters instead of torch.unique when compiling), and the compiled
     function's gradients through the registered backward equal eager."""
-    from tensornet_fast.neighbors import NeighborList
     from tensornet_fast.backends.triton.backend import atomic_energies
+    from tensornet_fast.neighbors import NeighborList
 
     model = tnf.load_model(ckpts["o3_2layers", 64], backend="triton", filter_mode=mode,
                            device=DEVICE)  # fmt: skip

@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from paths import ROOT
 
 pytestmark = pytest.mark.triton
 pytest.importorskip("triton", reason="the triton extra is part of the test install")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_kernel_compiles_for_sm90():

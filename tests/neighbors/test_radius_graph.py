@@ -12,12 +12,13 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
-from tensornet_fast.neighbors import radius_graph as neighbors
 from tensornet_fast.errors import InputError, NeighborListOverflowError
 from tensornet_fast.neighbors import (
     StaticRadiusGraph,
@@ -27,8 +28,7 @@ from tensornet_fast.neighbors import (
     radius_graph_reference,
     radius_graph_static,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tensornet_fast.neighbors import search as neighbors
 
 
 # ------------------------------------------------------------------------------ brute force
@@ -190,7 +190,7 @@ KINDS = [
 def test_extension_is_built_and_used():
     """The compiled search must be what runs on this machine (no silent reference fallback)."""
     assert neighbors.compiled_available(), "tensornet_fast._C did not import: build it"
-    assert neighbors._resolve(None, torch.device("cpu")) == "compiled"
+    assert neighbors.resolve_search(None, torch.device("cpu")) == "compiled"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -474,16 +474,37 @@ def test_bad_inputs_raise_input_error():
         assert issubclass(InputError, ValueError), k
 
 
-def test_fallback_without_extension(monkeypatch):
-    pos, cutoff, box = system("triclinic")
-    monkeypatch.setattr(neighbors, "_OPS", False)
-    monkeypatch.setattr(neighbors, "_WARNED", False)
-    with pytest.warns(UserWarning, match="reference radius graph"):
-        a = radius_graph_full(pos, cutoff, box=box)
-    b = radius_graph_reference(pos, cutoff, box=box)
-    assert torch.equal(a.edge_index, b.edge_index)
-    with pytest.raises(InputError):
-        radius_graph_full(pos, cutoff, box=box, backend="compiled")
+FALLBACK_SCRIPT = """
+import warnings, torch, tensornet_fast as tnf
+from tensornet_fast.errors import InputError
+from tensornet_fast.neighbors import radius_graph_reference
+gen = torch.Generator().manual_seed(0)
+box = torch.tensor([[6.0, 0, 0], [1.0, 5.5, 0], [-0.5, 0.7, 5.0]], dtype=torch.float64)
+pos = torch.rand(40, 3, generator=gen, dtype=torch.float64) @ box
+assert not tnf.neighbors.compiled_available()
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    a = tnf.radius_graph_full(pos, 4.0, box=box)
+assert any("reference radius graph" in str(w.message) for w in seen), seen
+b = radius_graph_reference(pos, 4.0, box=box)
+assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.shifts, b.shifts)
+try:
+    tnf.radius_graph_full(pos, 4.0, box=box, backend="compiled")
+    raise SystemExit("no error for backend='compiled' without the extension")
+except InputError:
+    pass
+print("ok")
+"""
+
+
+def test_fallback_without_extension():
+    """Without the extension (TENSORNET_FAST_DISABLE_EXTENSION=1, read once per process, so in
+    a subprocess) the search falls back to the brute force with one warning, same edges."""
+    env = dict(os.environ, TENSORNET_FAST_DISABLE_EXTENSION="1")
+    out = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 CSRC = os.path.join(ROOT, "csrc")

@@ -1,4 +1,4 @@
-"""Export for C++ hosts (tensornet_fast.export): the AOTInductor package, run by the C++ example
+"""Export for C++ hosts (tensornet_fast.md.export): the AOTInductor package, run by the C++ example
 program (examples/cpp/run_exported.cpp, built here with g++) as a subprocess without Python,
 gives the energies and forces of the eager model; the traced graph also gives the periodic
 stress. One package and one binary per session (AOTInductor compiles for ~10-70 s on 2 cores).
@@ -16,6 +16,7 @@ import pytest
 import torch
 from ase.build import molecule
 from oracle import make_small_checkpoint
+from paths import ROOT
 from systems import water_box
 from tolerances import assert_close
 
@@ -23,7 +24,6 @@ import tensornet_fast as tnf
 from tensornet_fast.md import export as tnf_export
 from tensornet_fast.md.traceable import dense_edges
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(ROOT, "examples", "cpp")
 
 
@@ -191,7 +191,7 @@ def test_dense_edges_match_radius_graph():
 
 
 def test_export_refuses_untraceable_backend(ckpt, tmp_path):
-    from tensornet_fast.md.traceable import NotTraceable
+    from tensornet_fast.errors import NotTraceable
 
     model = tnf.load_model(ckpt, backend="cpu")
     with pytest.raises(NotTraceable, match="backend='reference'"):

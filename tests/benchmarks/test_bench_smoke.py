@@ -13,10 +13,11 @@ import os
 
 import pytest
 import torch
+from paths import ROOT
 
 from bench import harness
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+BENCH = os.path.join(ROOT, "bench")
 SCRIPTS = sorted(os.path.basename(p)[6:-3] for p in glob.glob(os.path.join(BENCH, "bench_*.py")))
 
 
@@ -90,7 +91,7 @@ def test_roofline_and_plots_tiny(tmp_path):
 
 
 def test_work_model_matches_spec():
-    """SPEC.md: the filter MLP is K.F + 2F^2 + 6F^2 ~ 135k multiply-adds per edge and layer."""
+    """docs/spec.md: the filter MLP is K.F + 2F^2 + 6F^2 ~ 135k multiply-adds per edge and layer."""
     from bench.roofline import model_work
 
     w = model_work(128, 32, 1, 1.0)

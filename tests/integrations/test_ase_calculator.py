@@ -10,6 +10,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from oracle import make_small_checkpoint
+from paths import ROOT
 from systems import water_box
 
 import tensornet_fast as tnf
@@ -182,7 +183,7 @@ def test_examples_run(script, args):
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     out = subprocess.run(
         [sys.executable, os.path.join(root, "examples", script), *args],
         capture_output=True,

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from paths import PACKAGE_DATA
 
 from tensornet_fast import load_model
 from tensornet_fast.cli import main as cli_main
@@ -20,8 +21,7 @@ Chem = pytest.importorskip("rdkit.Chem")
 from ase import Atoms  # noqa: E402
 from rdkit.Chem import AllChem  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MOLECULES = os.path.join(HERE, "..", "tensornet_fast", "data", "molecules.xyz")
+MOLECULES = os.path.join(PACKAGE_DATA, "molecules.xyz")
 
 SDF_SMILES = ["CCO", "c1ccncc1", "CC(=O)Nc1ccc(O)cc1", "CCBr", "OCC(Cl)CS"]  # CCBr: z=35
 SMILES_LINES = [
@@ -323,7 +323,7 @@ def test_dask_cluster_interrupt_and_resume(library, reference, model, tmp_path):
         stats = screen(paths, out, spec, scheduler=address, shard_size=6, progress=False)
         with distributed.Client(address) as client:  # one long-lived model per worker
             loads = client.run(
-                lambda: __import__("tensornet_fast.screening.runner", fromlist=["_LOADS"])._LOADS[0]
+                lambda: __import__("tensornet_fast.screening.worker", fromlist=["_LOADS"])._LOADS[0]
             )
         assert len(loads) == 2 and all(n == 1 for n in loads.values()), loads
     assert stats.mode.startswith("dask") and stats.n_existing == n_partial
@@ -441,7 +441,7 @@ def test_same_input_twice_is_refused(library, tmp_path):
 def test_progress_log_lines_and_bar():
     import io
 
-    from tensornet_fast.screening.runner import Progress
+    from tensornet_fast.screening.progress import Progress
 
     log = io.StringIO()
     prog = Progress(1000, "auto", log_every=0.0, stream=log)  # not a terminal: log lines

@@ -1,0 +1,207 @@
+"""The ONE assembly of a model's outputs: energy, forces, stress and per-atom energies from a
+checked :class:`~.inputs.System` and a source of edges. Eager calls (``TensorNetModel.compute``),
+``torch.compile`` (``md.compile``), the fixed-size MD step (``md.step``) and export
+(``md.export``) all run :func:`evaluate`; they differ only in where the edges come from:
+
+* eager: :class:`SearchEdges`, the radius graph searched on the (strained) positions;
+* traced: ``md.traceable.GivenEdges``, a fixed, possibly padded and over-complete edge list whose
+  geometry is computed from the positions inside the traced graph.
+
+Energy (docs/spec.md "Output and energy"): epsilon_i from the backend, times std, plus the
+Atomref prior, summed per molecule (divided by atoms + 1 for ``reduce_op="mean"``, as torchmd-net
+does), plus mean, plus the pair priors (ZBL, D2) over the pairs within their own cutoffs. Forces
+are -dE/dpos; stress is (1/V) dE/d(strain) under a homogeneous deformation of cell and positions,
+symmetrised; both by autograd through the backend's (hand-written or autograd) backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..backends import for_call
+from ..neighbors import NeighborList, radius_graph_full, reject_coincident
+from .inputs import System
+from .priors import atomref_energy, d2_from_edges, zbl_from_edges
+
+# (positions [N, 3], cell [n_mol, 3, 3] or None) -> (the network's edges, the pair priors' edges)
+EdgeSource = Callable[[Tensor, Tensor | None], tuple[NeighborList, NeighborList]]
+
+PAIR_PRIORS = ("ZBL", "D2")
+
+
+def max_cutoff(model) -> float:
+    """The largest distance any part of the model looks at (network and pair priors)."""
+    cut = model.config.cutoff_upper
+    for spec, prior in zip(model.config.priors, model.prior_model or []):
+        if spec.name in PAIR_PRIORS:
+            cut = max(cut, prior.cutoff_distance)
+    return cut
+
+
+def has_pair_priors(model) -> bool:
+    return any(spec.name in PAIR_PRIORS for spec in model.config.priors)
+
+
+class SearchEdges:
+    """Eager edges: one radius graph (compiled cell list) per call, searched up to the largest
+    cutoff of the network and its pair priors. The network gets exactly the pairs within
+    [cutoff_lower, cutoff_upper) plus one self-loop per atom; the pair priors pick theirs from
+    the same list by distance."""
+
+    def __init__(self, model, batch: Tensor):
+        c = model.config
+        self.batch = batch
+        self.cutoff = max_cutoff(model)
+        self.lower = 0.0 if has_pair_priors(model) else c.cutoff_lower
+        self.network_range = (c.cutoff_lower, c.cutoff_upper)
+
+    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
+        nl = radius_graph_full(
+            positions, self.cutoff, self.batch, cell, loop=True, cutoff_lower=self.lower
+        )
+        reject_coincident(nl)
+        lo, hi = self.network_range
+        if (self.lower, self.cutoff) == (lo, hi):
+            return nl, nl
+        i, j = nl.edge_index
+        d = nl.edge_dist.detach()
+        is_self = (i == j) & (nl.shifts == 0).all(1)
+        return nl.select(is_self | ((d >= lo) & (d < hi))), nl
+
+
+def _pair_prior_terms(model, z: Tensor, nl: NeighborList) -> list[tuple[Tensor, Tensor]]:
+    """(halved energy of each directed pair [E], receiving atom [E]) of every ZBL / D2 prior, in
+    checkpoint order: pairs within the prior's cutoff, no self-loops or padding; D2 without
+    periodic images (as torchmd-net 3.1). Other edges contribute exact zeros."""
+    if not has_pair_priors(model):
+        return []
+    i, j = nl.edge_index
+    dist = nl.edge_dist
+    zero_shift = (nl.shifts == 0).all(1)
+    real = ~((i == j) & zero_shift)
+    if nl.valid is not None:
+        real = real & nl.valid
+    terms = []
+    for spec, prior in zip(model.config.priors, model.prior_model or []):
+        if spec.name not in PAIR_PRIORS:
+            continue
+        keep = real & (dist < prior.cutoff_distance)
+        if spec.name == "D2":
+            keep = keep & zero_shift
+        safe = torch.where(keep, dist, torch.ones_like(dist))
+        fn = zbl_from_edges if spec.name == "ZBL" else d2_from_edges
+        pair = torch.where(keep, fn(prior, z, nl.edge_index, safe), torch.zeros_like(dist))
+        terms.append((pair, i))
+    return terms
+
+
+def _scaled(model, eps: Tensor, z: Tensor) -> Tensor:
+    """epsilon_i * std (+ Atomref), per atom [N, 1]."""
+    eps = eps * model.std
+    for spec, prior in zip(model.config.priors, model.prior_model or []):
+        if spec.name == "Atomref":
+            eps = eps + atomref_energy(prior, z)
+    return eps
+
+
+def _energies(model, system: System, scaled: Tensor, pairs: list) -> Tensor:
+    """Energies [n_mol, 1]: per-atom terms summed per molecule in torchmd-net's order (in
+    float32 another order moves the result by ~1e-6), the mean, then the pair priors.
+    scatter_add, not index_add: the same sums in the same order, and Inductor (torch 2.13, CPU,
+    dynamic shapes) fails to generate code for an index_add into a size-1 output."""
+    batch = system.batch
+    y = torch.zeros(system.n_mol, 1, dtype=scaled.dtype, device=scaled.device)
+    y = y.scatter_add(0, batch[:, None], scaled)
+    if model.config.reduce_op == "mean":
+        # torchmd-net reduces with scatter_reduce(..., "mean") on a zero tensor, whose
+        # include_self=True counts the zero: the divisor is n_atoms + 1. Trained models
+        # learned that divisor, so it is reproduced.
+        y = y / (system.atoms_per_mol.to(y.dtype) + 1)[:, None]
+    y = y + model.mean
+    for pair, receiver in pairs:
+        mol = batch.index_select(0, receiver)
+        y = y + torch.zeros_like(y[:, 0]).scatter_add(0, mol, pair)[:, None]
+    return y
+
+
+def _atom_energies(model, system: System, scaled: Tensor, pairs: list) -> Tensor:
+    """Per-atom energies [N] summing (to rounding) to the energies: epsilon_i * std (+ Atomref)
+    reduced as torchmd-net does, an equal share of the mean, and half of each pair prior term
+    the atom receives."""
+    batch, count = system.batch, system.atoms_per_mol.to(scaled.dtype)
+    e = scaled[:, 0]
+    if model.config.reduce_op == "mean":
+        e = e / (count + 1).index_select(0, batch)
+    e = e + (model.mean / count.clamp_min(1)).index_select(0, batch)
+    for pair, receiver in pairs:
+        e = e.index_add(0, receiver, pair)
+    return e
+
+
+def det3(cells: Tensor) -> Tensor:
+    """Determinants of [..., 3, 3] cells as triple products (plain aten ops; no LAPACK call in
+    traced or exported graphs)."""
+    return (cells[..., 0, :] * torch.linalg.cross(cells[..., 1, :], cells[..., 2, :])).sum(-1)
+
+
+def evaluate(
+    model,
+    system: System,
+    edges: EdgeSource,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+    atom_energies: bool = False,
+    static: bool = False,
+) -> dict[str, Tensor]:
+    """``{"energy": [n_mol, 1]}`` plus, as requested, ``forces`` [N, 3], ``stress``
+    [n_mol, 3, 3] and ``atom_energies`` [N], in the caller's atom order.
+
+    ``static``: a traced / captured call (no host synchronisation, static shapes): the backend
+    runs its traceable path, or the reference math when it has none. Otherwise, when the caller
+    keeps an autograd graph (training mode, or ``pos.requires_grad`` under grad mode: double
+    backward, Hessians), outputs stay attached to it and a backend without parameter gradients
+    hands the call to the reference math."""
+    pos = system.pos
+    keep_graph = not static and (model.training or (pos.requires_grad and torch.is_grad_enabled()))
+    backend = for_call(
+        model.backend_impl, pos.device, parameter_gradients=keep_graph, traced=static
+    )
+    if stress and system.cell is None:
+        raise ValueError("stress needs a periodic cell")
+    with torch.set_grad_enabled(forces or stress or keep_graph):
+        leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(forces)
+        positions, cell = leaf, system.cell
+        if stress:
+            strain = torch.zeros_like(system.cell).requires_grad_(True)
+            deform = torch.eye(3, dtype=cell.dtype, device=cell.device) + strain
+            positions = torch.einsum("na,nab->nb", leaf, deform.index_select(0, system.batch))
+            cell = system.cell @ deform
+        network_edges, pair_edges = edges(positions, cell)
+        eps = backend.atomic_energies(
+            model, system.z, network_edges, system.charge_factor, static=static
+        )
+        scaled = _scaled(model, eps, system.z)
+        pairs = _pair_prior_terms(model, system.z, pair_edges)
+        energy = _energies(model, system, scaled, pairs)
+        out = {"energy": energy}
+        if atom_energies:
+            out["atom_energies"] = _atom_energies(model, system, scaled, pairs)
+        inputs = ([leaf] if forces else []) + ([strain] if stress else [])
+        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=keep_graph) if inputs else []
+    if forces:
+        out["forces"] = -grads[0]
+    if stress:
+        volume = det3(system.cell.detach()).abs()
+        virial = grads[-1]
+        out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+    if system.order is not None:
+        for key in ("forces", "atom_energies"):
+            if key in out:
+                out[key] = torch.empty_like(out[key]).index_copy(0, system.order, out[key])
+    if not keep_graph:
+        out = {k: v.detach() for k, v in out.items()}
+    return out

@@ -1,0 +1,126 @@
+"""The brute-force radius graph in plain PyTorch: O(N^2 x images) per molecule, in row chunks
+to bound memory. What the compiled search is tested against, and its fallback without the
+extension. Exact for any triclinic cell and any cutoff (every periodic image within the cutoff is
+a separate edge)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .graph import NeighborList, safe_norm, validate_graph_inputs
+
+# Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
+_MAX_CANDIDATES = 1 << 22
+
+
+def _image_range(box: Tensor, cutoff: float) -> Tensor:
+    """Images needed per axis for wrapped coordinates: ceil(cutoff / plane spacing) + 1.  [3]"""
+    b = box.detach().double()
+    volume = torch.linalg.det(b).abs()
+    cross = torch.stack(
+        (
+            torch.linalg.cross(b[1], b[2]),
+            torch.linalg.cross(b[2], b[0]),
+            torch.linalg.cross(b[0], b[1]),
+        )
+    )
+    spacing = volume / cross.norm(dim=1)
+    return torch.ceil(cutoff / spacing).long() + 1
+
+
+def _molecule_pairs(
+    pos: Tensor,
+    box: Tensor | None,
+    cutoff: float,
+    cutoff_lower: float,
+    loop: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All (i, j, shift) within one molecule (local indices), self-loop handling included."""
+    n = pos.shape[0]
+    p = pos.detach()
+    if box is None:
+        shifts = torch.zeros(1, 3, dtype=p.dtype, device=p.device)
+        wrap = torch.zeros_like(p)
+    else:
+        inv = torch.linalg.inv(box.detach())
+        wrap = torch.floor(p @ inv)  # integer cell of each atom
+        p = p - wrap @ box.detach()
+        reach = _image_range(box, cutoff).tolist()
+        axes = [torch.arange(-r, r + 1, device=p.device, dtype=p.dtype) for r in reach]
+        shifts = torch.cartesian_prod(*axes)  # [S, 3]
+    shift_vecs = shifts @ box.detach() if box is not None else shifts  # [S, 3]
+    zero_shift = int((shifts.abs().sum(1) == 0).nonzero()[0])
+    chunk = max(1, _MAX_CANDIDATES // max(1, n * shifts.shape[0]))
+    cut2, low2 = cutoff * cutoff, cutoff_lower * cutoff_lower
+    found_i, found_j, found_s = [], [], []
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(n, start + chunk), device=p.device)
+        diff = p[rows, None, None, :] - p[None, :, None, :] + shift_vecs[None, None]  # [c, N, S, 3]
+        d2 = (diff * diff).sum(-1)
+        keep = (d2 < cut2) & (d2 >= low2)
+        is_self = (rows[:, None] == torch.arange(n, device=p.device)[None, :])[..., None] & (
+            torch.arange(shifts.shape[0], device=p.device) == zero_shift
+        )
+        keep &= ~is_self
+        ci, cj, cs = keep.nonzero(as_tuple=True)
+        found_i.append(rows[ci])
+        found_j.append(cj)
+        found_s.append(cs)
+    if loop:
+        idx = torch.arange(n, device=p.device)
+        found_i.append(idx)
+        found_j.append(idx)
+        found_s.append(torch.full_like(idx, zero_shift))
+    i, j, s = torch.cat(found_i), torch.cat(found_j), torch.cat(found_s)
+    # Shift that applies to the original (unwrapped) positions.
+    total_shift = shifts[s] - wrap[i] + wrap[j] if box is not None else shifts[s]
+    return i, j, total_shift
+
+
+def radius_graph_reference(
+    pos: Tensor,
+    cutoff: float,
+    batch: Tensor | None = None,
+    box: Tensor | None = None,
+    loop: bool = False,
+    cutoff_lower: float = 0.0,
+) -> NeighborList:
+    """Reference (brute-force PyTorch) radius graph returning the full :class:`NeighborList`."""
+    batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
+    n = pos.shape[0]
+    ii, jj, ss = [], [], []
+    if n:
+        counts = torch.bincount(batch)
+        starts = torch.cumsum(counts, 0) - counts
+        for mol in torch.nonzero(counts).flatten().tolist():
+            lo, cnt = int(starts[mol]), int(counts[mol])
+            mol_box = boxes[mol] if boxes is not None else None
+            i, j, s = _molecule_pairs(pos[lo : lo + cnt], mol_box, cutoff, cutoff_lower, loop)
+            ii.append(i + lo)
+            jj.append(j + lo)
+            ss.append(s)
+    if ii:
+        i, j, shifts = torch.cat(ii), torch.cat(jj), torch.cat(ss)
+    else:
+        i = j = torch.zeros(0, dtype=torch.long, device=pos.device)
+        shifts = torch.zeros(0, 3, dtype=pos.dtype, device=pos.device)
+    order = _lexsort(i, j, shifts)
+    i, j, shifts = i[order], j[order], shifts[order]
+    edge_vec = pos.index_select(0, i) - pos.index_select(0, j)
+    if boxes is not None:
+        edge_vec = edge_vec + torch.einsum("ea,eab->eb", shifts, boxes[batch[i]])
+    # Only the true self-loop (zero shift) has d = 0; periodic self-images (i, i, s != 0) are
+    # ordinary edges at the length of a lattice vector.
+    edge_dist = safe_norm(edge_vec, (i == j) & (shifts == 0).all(1))
+    row_ptr = torch.zeros(n + 1, dtype=torch.long, device=pos.device)
+    row_ptr[1:] = torch.cumsum(torch.bincount(i, minlength=n), 0)
+    return NeighborList(torch.stack((i, j)), edge_vec, edge_dist, shifts, row_ptr)
+
+
+def _lexsort(i: Tensor, j: Tensor, shifts: Tensor) -> Tensor:
+    keys = [shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i]  # last key is the primary one
+    order = torch.arange(i.shape[0], device=i.device)
+    for key in keys:
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order

@@ -1,0 +1,102 @@
+"""What a screening worker runs: the job's settings (``ScreenSpec``, picklable), the process's
+model (loaded once), and a shard of raw records turned into output rows. Local runs and
+scale-out workers (``distributed.py``) call the same functions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .batching import BatchEvaluator, RelaxOptions, default_batch_atoms, make_batches
+from .readers import RawRecord, Record, parse_record
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """Everything a worker needs to turn records into rows (picklable, hashable)."""
+
+    model: str = "default"
+    device: str = "cpu"
+    backend: str = "auto"
+    filter_mode: str = "auto"
+    precision: int | None = None
+    batch_atoms: int | None = None
+    window: int = 4096
+    relax: bool = False
+    fmax: float = 0.05
+    max_steps: int = 200
+    seed: int = 0
+    threads: int | None = None
+
+    @property
+    def atoms_per_batch(self) -> int:
+        return self.batch_atoms or default_batch_atoms(self.device)
+
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+_LOADS = [0]  # models loaded by this process (tests check: once per worker)
+
+
+def undo_malloc_trim() -> bool:
+    """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; in glibc, setting the
+    trim threshold also pins the mmap threshold at 128 KiB, so every large torch temporary is
+    mmap'ed, page-faulted and unmapped again: measured 2.5x the CPU time per molecule here. Put
+    generous thresholds back (glibc only; a no-op elsewhere). Returns whether it applied."""
+    if not os.environ.get("MALLOC_TRIM_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 64 << 20) and libc.mallopt(m_trim_threshold, 512 << 20)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def get_model(spec: ScreenSpec) -> torch.nn.Module:
+    """The process's model for ``spec``: loaded once, then reused by every batch and task."""
+    key = (spec.model, spec.device, spec.backend, spec.filter_mode, spec.precision)
+    model = _MODELS.get(key)
+    if model is None:
+        from ..model import load_model
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        undo_malloc_trim()
+        overrides = {} if spec.precision is None else {"precision": spec.precision}
+        model = load_model(
+            spec.model,
+            device=spec.device,
+            backend=spec.backend,
+            filter_mode=spec.filter_mode,
+            **overrides,
+        )
+        _MODELS[key] = model
+        _LOADS[0] += 1
+    return model
+
+
+def evaluate_stream(
+    records: Iterable[Record], spec: ScreenSpec
+) -> Iterator[tuple[list[dict], int]]:
+    """(rows, input bytes) per batch."""
+    relax = RelaxOptions(spec.fmax, spec.max_steps) if spec.relax else None
+    evaluator = BatchEvaluator(get_model(spec), relax)
+    for group in make_batches(records, spec.atoms_per_batch, spec.window):
+        yield evaluator.rows(group), sum(r.nbytes for r in group)
+
+
+def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
+    """Worker task: parse, validate, batch and evaluate one shard of raw records."""
+    max_z = get_model(spec).config.max_z
+    records = [parse_record(r, max_z, spec.seed) for r in raws]
+    rows: list[dict] = []
+    for batch_rows, _ in evaluate_stream(records, spec):
+        rows.extend(batch_rows)
+    return rows
