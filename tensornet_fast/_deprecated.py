@@ -53,5 +53,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
+    # First in line: "tensornet_fast.ops" aliases a package whose __path__ would otherwise let
+    # the path finder load "tensornet_fast.ops.radial" a second time under the old name.
     if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-        sys.meta_path.append(_MovedModules())
+        sys.meta_path.insert(0, _MovedModules())

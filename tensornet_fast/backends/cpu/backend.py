@@ -56,12 +56,13 @@ class CpuBackend(Backend):
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cpu"
 
-    def resolve_filter_mode(self, model, requested: str) -> str:
+    def resolve_filter_mode(self, model, requested: str, key: tuple | None = None) -> str:
         if requested != "auto":
             return requested
         if model.dtype != torch.float32:
             return "exact"
-        failed = [s.check for s in filter_tables(model) if not s.check.within_fp32_rounding]
+        tables = filter_tables(model, key)
+        failed = [s.check for s in tables if not s.check.within_fp32_rounding]
         if not failed:
             return "tabulated"
         c = failed[0]
@@ -85,8 +86,9 @@ class CpuBackend(Backend):
         key = weights_key(model)
         g = Graph(nl, z.shape[0], ops)
         deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
+        mode = self.resolve_filter_mode(model, model.filter_request, key)
         with stage("filters"):
-            filters = make_filters(model, model.filter_mode, g, deriv, ops)
+            filters = make_filters(model, mode, g, deriv, ops, key)
         ztab, zidx, n_species = pair_table(model, z, key)
         # [E] row of ztab; index_select, not zidx[g.i]: advanced indexing opened a parallel
         # region for 3.8k edges (64 g2 molecules: 158 us -> 41 us for the pair, thread wake-up

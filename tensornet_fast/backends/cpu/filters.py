@@ -148,11 +148,12 @@ class TabulatedFilter:
         return sp.coef, None, k, s, 1.0 / sp.h
 
 
-def make_filters(model, mode: str, g: Graph, deriv: bool, ops) -> list:
-    """One filter source per radial filter (embedding, then layers) for this graph."""
+def make_filters(model, mode: str, g: Graph, deriv: bool, ops, key: tuple | None = None) -> list:
+    """One filter source per radial filter (embedding, then layers) for this graph (``key``:
+    the model's current ``weights_key``)."""
     config, rep = model.config, model.representation_model
     if mode == "tabulated":
-        return [TabulatedFilter(s, g) for s in filter_tables(model)]
+        return [TabulatedFilter(s, g) for s in filter_tables(model, key)]
     d_unique, inverse = torch.unique(g.d, return_inverse=True)
     fns = filter_fns(rep, config)
     evals = [_fused_filter_eval(rep, config, ops)]

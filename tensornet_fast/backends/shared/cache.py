@@ -2,8 +2,8 @@
 tables, padded kernel weights) follows the weights: every entry is keyed on the identity and
 version counter of every parameter and buffer, plus dtype and device, and rebuilt on the first
 call after ``load_state_dict``, an in-place edit (``p.data.mul_``, ``with torch.no_grad(): p +=``),
-``.to(...)`` or a replaced tensor. Reading the key walks the module tree: ~25 us per call for a
-2-layer model, against 16-30 ms for the call itself."""
+``.to(...)`` or a replaced tensor. Reading the key costs ~20-45 us per call (57 tensors of the
+bundled model), against 16-30 ms for a 64-molecule call."""
 
 from __future__ import annotations
 
@@ -15,19 +15,24 @@ from torch import nn
 
 
 def weights_key(model: nn.Module) -> tuple:
-    """(data pointer, version) of every parameter and buffer, walking ``_modules`` directly
-    (``model.parameters()`` took ~0.1 ms per call through named_modules' generators)."""
-    out: list = []
-    stack = [model]
-    while stack:
-        mod = stack.pop()
-        for t in mod._parameters.values():
-            if t is not None:
-                out.append((t.data_ptr(), t._version))
-        for t in mod._buffers.values():
-            if t is not None:
-                out.append((t.data_ptr(), t._version))
-        stack.extend(m for m in mod._modules.values() if m is not None)
+    """(data pointer, version) of every parameter and buffer. The (dict, name) slots are listed
+    once per model (walking the module tree each call took ~90 us of the ~135 us per key, 57
+    tensors); reading each slot every time still sees a replaced Parameter or buffer."""
+    slots = model.__dict__.get("_weight_slots")
+    if slots is None:
+        slots = []
+        stack = [model]
+        while stack:
+            mod = stack.pop()
+            slots.extend((mod._parameters, name) for name in mod._parameters)
+            slots.extend((mod._buffers, name) for name in mod._buffers)
+            stack.extend(m for m in mod._modules.values() if m is not None)
+        model.__dict__["_weight_slots"] = slots
+    out = []
+    for tensors, name in slots:
+        t = tensors.get(name)
+        if t is not None:
+            out.append((t.data_ptr(), t._version))
     return tuple(out)
 
 

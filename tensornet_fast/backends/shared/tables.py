@@ -189,8 +189,9 @@ def build_splines(
     return splines
 
 
-def filter_tables(model) -> list[Spline]:
+def filter_tables(model, key: tuple | None = None) -> list[Spline]:
     """The model's tables (``build_splines``), built once per state of its weights: rebuilt
     after ``load_state_dict``, an in-place edit or ``.to(...)``. Coefficients live on the CPU;
-    a backend on another device keeps its own copy, derived the same way."""
-    return derived(model, "filter_tables", lambda: build_splines(model))
+    a backend on another device keeps its own copy, derived the same way. ``key``: the current
+    ``cache.weights_key(model)`` when the caller already has it."""
+    return derived(model, "filter_tables", lambda: build_splines(model), key)
