@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # bench passes every argument, options included, on to `python -m bench`
+        passthrough = {"prefix_chars": "+", "add_help": False} if name == "bench" else {}
+        p = sub.add_parser(name, help=help_text, description=help_text, **passthrough)
         add_args(p)
         p.set_defaults(_run=run)
     return parser

@@ -2,13 +2,14 @@
 energy and forces (and, for periodic cells, the stress) of one molecule / cell, runnable through
 ``torch::inductor::AOTIModelPackageLoader`` without Python (``examples/cpp/run_exported.cpp``).
 
-How (the route ../shared/INTEGRATION-NOTES.md found to work): the energy + autograd forces are
-traced with ``make_fx(tracing_mode="symbolic")`` over the parameters passed as inputs (so the
-backward is already explicit aten ops), the trace is wrapped in a module holding the weights,
+How (the route that works with torch 2.13; torch.export of autograd.grad itself does not): the
+energy + autograd forces are traced with ``make_fx(tracing_mode="symbolic")`` over the
+parameters passed as inputs (so the backward is already explicit aten ops), the trace is wrapped
+in a module holding the weights,
 exported with ``torch.export.export(strict=False)`` with a dynamic atom count, and compiled by
 ``torch._inductor.aoti_compile_and_package``.
 
-Neighbour list inside the graph: :func:`tensornet_fast.traceable.dense_edges`, a brute-force
+Neighbour list inside the graph: :func:`tensornet_fast.md.traceable.dense_edges`, a brute-force
 search in plain aten ops (``nonzero`` gives the data-dependent edge count). It needs no custom op,
 so the package runs in any libtorch program (the compiled cell list of ``csrc/`` would have to be
 linked into every host as a ``TORCH_LIBRARY`` and given a fake kernel; a Python custom op cannot
@@ -108,7 +109,7 @@ def trace_model(
     check_traceable(model, "export")
     if model.backend != "reference":
         # The Triton kernels are Python custom ops: an AOTInductor package holding them cannot
-        # run from C++ without Python (INTEGRATION-NOTES.md). The reference math decomposes to aten.
+        # run from C++ without Python. The reference math decomposes to aten.
         raise NotTraceable(
             f"export needs backend='reference' (this model uses {model.backend!r}, whose custom "
             "ops a C++ host cannot run); load_model(path, backend='reference') and export that"

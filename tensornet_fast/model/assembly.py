@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..backends import for_call
+from ..errors import InputError
 from ..neighbors import NeighborList, radius_graph_full, reject_coincident
 from .inputs import System
 from .priors import atomref_energy, d2_from_edges, zbl_from_edges
@@ -147,6 +148,24 @@ def det3(cells: Tensor) -> Tensor:
     return (cells[..., 0, :] * torch.linalg.cross(cells[..., 1, :], cells[..., 2, :])).sum(-1)
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Forces / stress of a backend without second derivatives, kept attached to the caller's
+    positions: differentiating them again raises a clear error instead of a silent zero or an
+    autograd internals message."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, leaf: Tensor, backend: str) -> Tensor:
+        ctx.backend = backend
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        raise InputError(
+            f"backend {ctx.backend!r} gives forces and stress, not their derivatives: load the "
+            "model with backend='reference' for Hessians or other double derivatives"
+        )
+
+
 def evaluate(
     model,
     system: System,
@@ -162,14 +181,20 @@ def evaluate(
 
     ``static``: a traced / captured call (no host synchronisation, static shapes): the backend
     runs its traceable path, or the reference math when it has none. Otherwise, when the caller
-    keeps an autograd graph (training mode, or ``pos.requires_grad`` under grad mode: double
-    backward, Hessians), outputs stay attached to it and a backend without parameter gradients
-    hands the call to the reference math."""
+    keeps an autograd graph (``pos.requires_grad`` under grad mode, or training mode), outputs
+    stay attached to it: energies differentiate through the backend's own backward, forces and
+    stress are differentiable again where the backend has second derivatives (reference) and
+    raise a clear error on a second derivative elsewhere. Training mode (gradients w.r.t. the
+    weights) runs the reference math on backends without parameter gradients."""
     pos = system.pos
     keep_graph = not static and (model.training or (pos.requires_grad and torch.is_grad_enabled()))
     backend = for_call(
-        model.backend_impl, pos.device, parameter_gradients=keep_graph, traced=static
+        model.backend_impl,
+        pos.device,
+        parameter_gradients=model.training and not static,
+        traced=static,
     )
+    second_order = keep_graph and backend.parameter_gradients
     if stress and system.cell is None:
         raise ValueError("stress needs a periodic cell")
     with torch.set_grad_enabled(forces or stress or keep_graph):
@@ -191,13 +216,21 @@ def evaluate(
         if atom_energies:
             out["atom_energies"] = _atom_energies(model, system, scaled, pairs)
         inputs = ([leaf] if forces else []) + ([strain] if stress else [])
-        grads = torch.autograd.grad(energy.sum(), inputs, create_graph=keep_graph) if inputs else []
-    if forces:
-        out["forces"] = -grads[0]
-    if stress:
-        volume = det3(system.cell.detach()).abs()
-        virial = grads[-1]
-        out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+        grads = []
+        if inputs:
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=second_order, retain_graph=keep_graph
+            )
+        if forces:
+            out["forces"] = -grads[0]
+        if stress:
+            volume = det3(system.cell.detach()).abs()
+            virial = grads[-1]
+            out["stress"] = 0.5 * (virial + virial.transpose(1, 2)) / volume[:, None, None]
+        if keep_graph and not second_order and leaf.requires_grad:
+            for key in ("forces", "stress"):
+                if key in out:
+                    out[key] = _FirstOrderOnly.apply(out[key], leaf, backend.name)
     if system.order is not None:
         for key in ("forces", "atom_energies"):
             if key in out:

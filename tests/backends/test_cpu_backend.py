@@ -455,3 +455,26 @@ def test_no_reference_cycles(ckpts):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_positions_requiring_grad(ckpts):
+    """pos.requires_grad: energies differentiate through the cpu backend's own backward (same
+    forces); a second derivative raises InputError naming the fix; the reference backend gives
+    the Hessian, which matches finite differences of its forces."""
+    z, pos, batch = molecule_batch(("H2O",), dtype=torch.float64)
+    path = ckpts["o3_2layers", 64]
+    model = tnf.load_model(path, backend="cpu")
+    leaf = pos.clone().requires_grad_(True)
+    energy, forces = model(z, leaf, batch)
+    (grad,) = torch.autograd.grad(energy.sum(), leaf, retain_graph=True)
+    assert torch.allclose(-grad, forces.detach(), rtol=0, atol=1e-12)
+    with pytest.raises(tnf.InputError, match="backend='reference' for Hessians"):
+        torch.autograd.grad(forces.sum(), leaf)
+    ref = tnf.load_model(path, backend="reference")
+    hessian = torch.autograd.functional.hessian(lambda p: ref(z, p, batch)[0].sum(), pos)
+    step = 1e-5
+    for atom, axis in ((0, 0), (2, 1)):
+        dp = torch.zeros_like(pos)
+        dp[atom, axis] = step
+        fd = -(ref(z, pos + dp, batch)[1] - ref(z, pos - dp, batch)[1]) / (2 * step)
+        assert torch.allclose(hessian[atom, axis], fd, rtol=0, atol=1e-6 * fd.abs().max())
