@@ -7,6 +7,8 @@ compared exactly (indices and integer shifts), distances to rounding.
 
 from __future__ import annotations
 
+import glob
+import importlib
 import itertools
 import math
 import os
@@ -17,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from tensornet_fast.neighbors import radius_graph as neighbors
 from tensornet_fast.errors import InputError, NeighborListOverflowError
 from tensornet_fast.neighbors import (
     StaticRadiusGraph,
@@ -29,6 +30,9 @@ from tensornet_fast.neighbors import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The module, not the function of the same name that tensornet_fast.neighbors re-exports (an
+# `import ... as` or `from ... import` of it would get the function).
+neighbors = importlib.import_module("tensornet_fast.neighbors.radius_graph")
 
 
 # ------------------------------------------------------------------------------ brute force
@@ -487,14 +491,14 @@ def test_fallback_without_extension(monkeypatch):
 
 
 CSRC = os.path.join(ROOT, "csrc")
-CU_FILES = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".cu"))
+CU_FILES = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
 
 
 def test_cuda_sources_exist():
     assert CU_FILES, "csrc/ must hold the CUDA radius graph"
 
 
-@pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CU_FILES, ids=lambda p: os.path.relpath(p, CSRC))
 def test_cuda_sources_compile(path, tmp_path):
     nvcc = shutil.which("nvcc") or (
         "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None

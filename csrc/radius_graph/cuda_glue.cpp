@@ -1,7 +1,8 @@
-// torch-facing glue of the CUDA radius graph: registers the CUDA kernels of
-// torch.ops.tensornet_fast.radius_graph / filter_pairs. Compiled only when setup.py builds with
-// CUDA (-DTNF_WITH_CUDA); scans, sorts and gathers use ATen ops on the GPU, the search kernels
-// are in radius_graph_cuda.cu. Same algorithm and output as the CPU path.
+// torch-facing glue of the CUDA radius graph: the CUDA kernels of
+// torch.ops.tensornet_fast.radius_graph / filter_pairs / radius_graph_static (registered in
+// csrc/registration.cpp). Compiled only when setup.py builds with CUDA (-DTNF_WITH_CUDA); scans,
+// sorts and gathers use ATen ops on the GPU, the search kernels are in cuda.cu. Same algorithm
+// and output as the CPU path.
 #ifdef TNF_WITH_CUDA
 
 #include <ATen/ATen.h>
@@ -15,11 +16,11 @@
 #include <tuple>
 #include <vector>
 
-#include "radius_graph_cuda.h"
+#include "cuda.h"
+#include "ops.h"
 
+namespace tnf {
 namespace {
-
-using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Below this many atoms one bin per molecule (the brute force) beats binning: the search is a
 // few microseconds either way and the brute force skips the bin sort and its launches.
@@ -31,7 +32,9 @@ at::Tensor exclusive_row_ptr(const at::Tensor& counts) {
   return rp;
 }
 
-Result radius_graph_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
+}  // namespace
+
+GraphResult radius_graph_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
                          const c10::optional<at::Tensor>& box_in, double cutoff,
                          double cutoff_lower, bool loop) {
   TORCH_CHECK(pos_in.is_cuda() && pos_in.dim() == 2 && pos_in.size(1) == 3, "pos must be CUDA [N, 3]");
@@ -123,7 +126,7 @@ Result radius_graph_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
   return {edge_index, shifts, vec, dist, row_ptr};
 }
 
-Result filter_pairs_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
+GraphResult filter_pairs_cuda(const at::Tensor& pos_in, const at::Tensor& batch_in,
                          const c10::optional<at::Tensor>& box_in, const at::Tensor& edge_index_in,
                          const at::Tensor& shifts_in, double cutoff, double cutoff_lower, bool loop) {
   c10::cuda::CUDAGuard guard(pos_in.device());
@@ -259,12 +262,6 @@ void radius_graph_static_cuda(const at::Tensor& pos_in, const at::Tensor& batch_
         dist.data_ptr<double>(), stream);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(tensornet_fast, CUDA, m) {
-  m.impl("radius_graph", &radius_graph_cuda);
-  m.impl("filter_pairs", &filter_pairs_cuda);
-  m.impl("radius_graph_static", &radius_graph_static_cuda);
-}
+}  // namespace tnf
 
 #endif  // TNF_WITH_CUDA

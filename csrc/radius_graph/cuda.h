@@ -1,11 +1,11 @@
-// Host launchers of the CUDA radius graph (radius_graph_cuda.cu). Raw device pointers and a
-// cudaStream_t passed as void*, so the torch-facing glue (radius_graph_cuda_glue.cpp) needs no
+// Host launchers of the CUDA radius graph (cuda.cu). Raw device pointers and a
+// cudaStream_t passed as void*, so the torch-facing glue (cuda_glue.cpp) needs no
 // CUDA header and the .cu file needs no torch header.
 #pragma once
 
 #include <cstdint>
 
-#include "radius_graph_core.h"
+#include "core.h"
 
 namespace tnf {
 namespace cuda {

@@ -1,4 +1,4 @@
-// CUDA radius graph: the cell-list search of radius_graph_core.h, one thread per receiver.
+// CUDA radius graph: the cell-list search of core.h, one thread per receiver.
 // count -> (row pointer by a scan in the glue) -> fill + per-row sort -> finalize; no capacity
 // is guessed, so nothing can overflow. Small systems use a single bin per molecule (the glue
 // sets that up), which is the brute force over all atoms and images without a binning pass.
@@ -7,7 +7,7 @@
 // buffers with the edge count and overflow flag kept on the device.
 #include <cuda_runtime.h>
 
-#include "radius_graph_cuda.h"
+#include "cuda.h"
 
 namespace tnf {
 namespace cuda {
