@@ -2,7 +2,8 @@
 
 ``ops()`` is ``torch.ops.tensornet_fast`` when the extension imports, else None: callers then
 take their plain-PyTorch paths (same numbers, slower). ``TENSORNET_FAST_DISABLE_EXTENSION=1``
-(read once per process) makes it None on purpose, to run or test those paths."""
+(read once per process) makes it None on purpose, to run or test those paths. Loading the
+extension also registers the ops' fake kernels (backends/cpu/fakes.py, neighbors/fakes.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ def ops():
             except (ImportError, OSError) as exc:
                 _STATE["error"] = str(exc)
             else:
+                _register_fakes()
                 _STATE["ops"] = torch.ops.tensornet_fast
                 _STATE["cuda"] = bool(getattr(_C, "with_cuda", False))
     return _STATE["ops"]
+
+
+def _register_fakes() -> None:
+    """Fake kernels of every op (torch.compile / torch.export tracing), once the ops exist."""
+    from .backends.cpu import fakes as _cpu_fakes  # noqa: F401
+    from .neighbors import fakes as _neighbor_fakes  # noqa: F401
 
 
 def with_cuda() -> bool:
