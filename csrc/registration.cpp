@@ -59,6 +59,19 @@ TORCH_LIBRARY(tensornet_fast, m) {
       "radius_graph_static(Tensor pos, Tensor batch, Tensor plan, Tensor plan_dev, bool loop, "
       "Tensor(a!) edge_index, Tensor(b!) shifts, Tensor(c!) vec, Tensor(d!) dist, "
       "Tensor(e!) row_ptr, Tensor(f!) status) -> ()");
+  // The CUDA path's glue and kernels compiled for the host (csrc/radius_graph/cuda_on_host.h),
+  // on CPU tensors, for tests without a GPU: the schemas of the three ops above
+  m.def(
+      "radius_graph_cuda_emulated(Tensor pos, Tensor batch, Tensor? box, float cutoff, "
+      "float cutoff_lower, bool loop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "filter_pairs_cuda_emulated(Tensor pos, Tensor batch, Tensor? box, Tensor edge_index, "
+      "Tensor shifts, float cutoff, float cutoff_lower, bool loop) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "radius_graph_static_cuda_emulated(Tensor pos, Tensor batch, Tensor plan, Tensor plan_dev, "
+      "bool loop, Tensor(a!) edge_index, Tensor(b!) shifts, Tensor(c!) vec, Tensor(d!) dist, "
+      "Tensor(e!) row_ptr, Tensor(f!) status) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(tensornet_fast, CPU, m) {
@@ -82,6 +95,9 @@ TORCH_LIBRARY_IMPL(tensornet_fast, CPU, m) {
   m.impl("filter_pairs", &tnf::filter_pairs_cpu);
   m.impl("radius_graph_plan", &tnf::radius_graph_plan_cpu);
   m.impl("radius_graph_static", &tnf::radius_graph_static_cpu);
+  m.impl("radius_graph_cuda_emulated", &tnf::radius_graph_cuda_emulated);
+  m.impl("filter_pairs_cuda_emulated", &tnf::filter_pairs_cuda_emulated);
+  m.impl("radius_graph_static_cuda_emulated", &tnf::radius_graph_static_cuda_emulated);
 }
 
 #ifdef TNF_WITH_CUDA

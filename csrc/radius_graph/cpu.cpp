@@ -1,7 +1,8 @@
 // CPU cell-list radius graph (OpenMP) and the Verlet-list filter, the CPU kernels of
 // torch.ops.tensornet_fast.radius_graph / filter_pairs, and the static-capacity search
-// (radius_graph_plan / radius_graph_static); registered in csrc/registration.cpp. Inputs are validated in Python
-// (tensornet_fast/neighbors/radius_graph.py); the checks here guard the C++ invariants only.
+// (radius_graph_plan / radius_graph_static); registered in csrc/registration.cpp. Inputs are
+// validated in Python (tensornet_fast/neighbors/radius_graph.py); the checks here guard the C++
+// invariants only.
 //
 // Search: atoms are binned (counting sort, bin order kept in structure-of-arrays form); each
 // receiver visits the (d0, d1) strips of bins around its own, and the bins of a strip that
@@ -837,10 +838,12 @@ void radius_graph_static_cpu(const at::Tensor& pos_in, const at::Tensor& batch_i
       pad_edges<double>(0, C, ei, shifts.data_ptr<double>(), vec.data_ptr<double>(),
                         dist.data_ptr<double>());
   };
-  double max_abs = 0.0;
-  for (int64_t k = 0; k < 3 * N; ++k) max_abs = std::max(max_abs, std::fabs(pos[k]));
+  // Out of the plan: some |coordinate| above its max_abs, or not a number (NaN compares false,
+  // so it is flagged too, as the CUDA kernel does; a NaN atom used to be dropped silently here).
+  bool out_of_plan = false;
+  for (int64_t k = 0; k < 3 * N; ++k) out_of_plan |= !(std::fabs(pos[k]) <= plan_max_abs);
   stat[0] = 0;
-  stat[1] = max_abs > plan_max_abs ? 1 : 0;
+  stat[1] = out_of_plan ? 1 : 0;
   if (stat[1]) {
     empty_graph();
     return;

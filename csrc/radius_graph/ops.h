@@ -3,7 +3,8 @@
 // csrc/registration.cpp, fake kernels in tensornet_fast/neighbors/fakes.py):
 //   cpu.cpp            the OpenMP cell list (CPU kernels of the four ops)
 //   cuda_glue.cpp      the CUDA kernels' torch glue (CUDA builds only, -DTNF_WITH_CUDA)
-//   cuda_emulated.cpp  the same glue and cuda.cu kernels compiled for the host (always built)
+//   cuda_emulated.cpp  the same glue and cuda.cu's kernels compiled for the host (always built;
+//                      cuda_emulated_kernels.cpp, cuda_on_host.h)
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
@@ -43,5 +44,20 @@ void radius_graph_static_cuda(const at::Tensor& pos, const at::Tensor& batch,
                               at::Tensor edge_index, at::Tensor shifts, at::Tensor vec,
                               at::Tensor dist, at::Tensor row_ptr, at::Tensor status);
 #endif
+
+// The CUDA path (cuda.cu's kernels, glue.h) compiled for the host, on CPU tensors: same schemas
+// as radius_graph, filter_pairs and radius_graph_static (cuda_emulated.cpp).
+GraphResult radius_graph_cuda_emulated(const at::Tensor& pos, const at::Tensor& batch,
+                                       const c10::optional<at::Tensor>& box, double cutoff,
+                                       double cutoff_lower, bool loop);
+GraphResult filter_pairs_cuda_emulated(const at::Tensor& pos, const at::Tensor& batch,
+                                       const c10::optional<at::Tensor>& box,
+                                       const at::Tensor& edge_index, const at::Tensor& shifts,
+                                       double cutoff, double cutoff_lower, bool loop);
+void radius_graph_static_cuda_emulated(const at::Tensor& pos, const at::Tensor& batch,
+                                       const at::Tensor& plan, const at::Tensor& plan_dev,
+                                       bool loop, at::Tensor edge_index, at::Tensor shifts,
+                                       at::Tensor vec, at::Tensor dist, at::Tensor row_ptr,
+                                       at::Tensor status);
 
 }  // namespace tnf

@@ -1,5 +1,6 @@
 """Fake kernels of the radius graph's compiled ops (``torch.ops.tensornet_fast.radius_graph``,
-``filter_pairs``, ``radius_graph_plan``, ``radius_graph_static``; csrc/radius_graph/).
+``filter_pairs``, ``radius_graph_plan``, ``radius_graph_static`` and the ``*_cuda_emulated``
+versions of the CUDA path; csrc/radius_graph/).
 
 A fake kernel gives an op's output shapes, dtypes and devices without running it, so
 torch.compile and torch.export can trace calls to the op. The number of edges depends on the
@@ -51,5 +52,9 @@ for _name, _fake in (
     ("filter_pairs", _filter_pairs),
     ("radius_graph_plan", _radius_graph_plan),
     ("radius_graph_static", _radius_graph_static),
+    # the CUDA path compiled for the host (tests): the same schemas and outputs
+    ("radius_graph_cuda_emulated", _radius_graph),
+    ("filter_pairs_cuda_emulated", _filter_pairs),
+    ("radius_graph_static_cuda_emulated", _radius_graph_static),
 ):
     torch.library.register_fake(f"tensornet_fast::{_name}", _fake)
