@@ -8,6 +8,7 @@ extension also registers the ops' fake kernels (backends/cpu/fakes.py, neighbors
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -32,9 +33,20 @@ def ops():
 
 
 def _register_fakes() -> None:
-    """Fake kernels of every op (torch.compile / torch.export tracing), once the ops exist."""
-    from .backends.cpu import fakes as _cpu_fakes  # noqa: F401
-    from .neighbors import fakes as _neighbor_fakes  # noqa: F401
+    """Fake kernels of every op (torch.compile / torch.export tracing), once the ops exist. An
+    extension built from older sources (an op missing, or one without a CPU kernel of its own)
+    rejects some: its ops still run eagerly, so this warns instead of failing."""
+    try:
+        from .backends.cpu import fakes as _cpu_fakes  # noqa: F401
+        from .neighbors import fakes as _neighbor_fakes  # noqa: F401
+    except RuntimeError as exc:
+        _STATE["fakes_error"] = str(exc)
+        warnings.warn(
+            f"tensornet_fast._C looks older than the Python package ({exc}); its ops run, but "
+            "torch.compile / torch.export cannot trace them: rebuild it (python setup.py "
+            "build_ext --inplace)",
+            stacklevel=3,
+        )
 
 
 def with_cuda() -> bool:
