@@ -1,7 +1,13 @@
-// The one Python module definition of tensornet_fast._C. Operators are registered with
-// TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) in their own .cpp files and called as
+// The one Python module definition of tensornet_fast._C. Operators are defined and registered
+// in registration.cpp (schemas, kernels per dispatch key) and called as
 // torch.ops.tensornet_fast.<name>; importing this module loads them.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>  // not torch/extension.h: nothing here needs torch's API
+
+namespace tnf {
+namespace cpu {
+bool packed_gemm_available();  // csrc/cpu/ops.h (declared here: that header pulls in ATen)
+}  // namespace cpu
+}  // namespace tnf
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "tensornet_fast compiled operators (see torch.ops.tensornet_fast)";
@@ -11,4 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
       false;
 #endif
+  // cpu_gemm_pack packs float32 weights only in builds with AVX2 + FMA (its fake kernel reads
+  // this to give the same output shape)
+  m.attr("packed_gemm") = tnf::cpu::packed_gemm_available();
 }

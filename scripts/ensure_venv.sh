@@ -4,18 +4,20 @@
 # torch: an importable torch in the venv is kept (bring your CUDA build); otherwise torch==2.13.0
 # is installed first, so the "torch>=..." range never pulls a different (multi-GB CUDA) build.
 # setuptools_scm: torchmd-net 3.1.0 is an sdist versioned by it; without it (no build isolation) its
-# metadata says 0.0.0 and pip rejects the ==3.1.0 pin.
+# metadata says 0.0.0 and pip rejects the ==3.1.0 pin. ninja: setup.py builds the extension with it
+# (parallel compiles), and --no-build-isolation does not install build requirements.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${TNF_VENV:-$root/.venv}
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 stamp="$venv/.tensornet-fast-installed"
-want=$(cat "$root/pyproject.toml" "$root/setup.py" "$root"/csrc/* 2>/dev/null | sha256sum | cut -c1-16)
+want=$(find "$root/pyproject.toml" "$root/setup.py" "$root/csrc" -type f 2>/dev/null | LC_ALL=C sort |
+  xargs cat | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
   "$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==${TNF_TORCH_VERSION:-2.13.0}"
-  "${pip[@]}" install setuptools setuptools_scm wheel pybind11
+  "${pip[@]}" install setuptools setuptools_scm wheel pybind11 ninja
   "${pip[@]}" install --no-build-isolation -e "$root[test]"
   echo "$want" > "$stamp"
 fi

@@ -7,6 +7,7 @@ compared exactly (indices and integer shifts), distances to rounding.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import math
 import os
@@ -508,14 +509,14 @@ def test_fallback_without_extension():
 
 
 CSRC = os.path.join(ROOT, "csrc")
-CU_FILES = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".cu"))
+CU_FILES = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
 
 
 def test_cuda_sources_exist():
     assert CU_FILES, "csrc/ must hold the CUDA radius graph"
 
 
-@pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CU_FILES, ids=lambda p: os.path.relpath(p, CSRC))
 def test_cuda_sources_compile(path, tmp_path):
     nvcc = shutil.which("nvcc") or (
         "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None

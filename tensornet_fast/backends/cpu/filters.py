@@ -129,7 +129,8 @@ class ExactFilter:
         return self.table[idx], (self.dtable[idx] if deriv else None)
 
     def kernel_args(self, deriv: bool) -> tuple:
-        """(tab [U, 1, 3F], dtab or None, idx [E], s None, inv_h) for csrc/cpu_tensornet.cpp."""
+        """(tab [U, 1, 3F], dtab or None, idx [E], s None, inv_h) for the compiled kernels
+        (csrc/cpu/)."""
         dtab = self.dtable[:, None, :].contiguous() if deriv else None
         return self.table[:, None, :].contiguous(), dtab, self.inverse.contiguous(), None, 0.0
 

@@ -98,7 +98,7 @@ def prepared(model, ops, key: tuple) -> Prepared:
 
 
 class _FusedModel(torch.autograd.Function):
-    """edge_vec [E, 3] -> epsilon_i [N, 1] with the compiled kernels (csrc/cpu_tensornet.cpp):
+    """edge_vec [E, 3] -> epsilon_i [N, 1] with the compiled kernels (csrc/cpu/):
     embedding pass, combine, every interaction layer (normalisation, channel-linear GEMMs,
     message pass, 3x3 products, residual), squared norms and the output head, with ONE
     hand-written backward to dE/d(edge_vec). One autograd node instead of ~40 (measured on 64

@@ -1,7 +1,8 @@
-// CPU cell-list radius graph (OpenMP) and the Verlet-list filter, registered as
+// CPU cell-list radius graph (OpenMP) and the Verlet-list filter, the CPU kernels of
 // torch.ops.tensornet_fast.radius_graph / filter_pairs, and the static-capacity search
-// (radius_graph_plan / radius_graph_static). Inputs are validated in Python
-// (tensornet_fast/neighbors.py); the checks here guard the C++ invariants only.
+// (radius_graph_plan / radius_graph_static); registered in csrc/registration.cpp. Inputs are
+// validated in Python (tensornet_fast/neighbors/radius_graph.py); the checks here guard the C++
+// invariants only.
 //
 // Search: atoms are binned (counting sort, bin order kept in structure-of-arrays form); each
 // receiver visits the (d0, d1) strips of bins around its own, and the bins of a strip that
@@ -10,9 +11,11 @@
 // is sorted, then a second pass decodes the keys into the outputs with the exact float64 test's
 // vector. Per 100k water atoms at 5 A (single thread, loaded 2-core EPYC): bin 10 ms, search
 // 105 ms (a third of it the row sorts), fill 50 ms with cached output pages (85 ms fresh).
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
 
 #include <sys/mman.h>
 
@@ -24,7 +27,8 @@
 #include <tuple>
 #include <vector>
 
-#include "radius_graph_core.h"
+#include "core.h"
+#include "ops.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -56,9 +60,8 @@
 #define TNF_TICK(name)
 #endif
 
+namespace tnf {
 namespace {
-
-using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Receivers per work item: ~500 atoms x ~50 edges keeps each item ~100 us of work at water
 // density, small enough for dynamic load balance and large enough to amortise the scheduling.
@@ -678,9 +681,11 @@ void fill_edges(const tnf::Setup& st, const Binned& b, const Rows& rows, const i
   }
 }
 
-Result radius_graph_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
-                        const c10::optional<at::Tensor>& box_in, double cutoff,
-                        double cutoff_lower, bool loop) {
+}  // namespace
+
+GraphResult radius_graph_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                             const c10::optional<at::Tensor>& box_in, double cutoff,
+                             double cutoff_lower, bool loop) {
   TNF_TICK_START;
   check_common(pos_in, batch_in, box_in);
   const int64_t N = pos_in.size(0);
@@ -750,6 +755,8 @@ at::Tensor radius_graph_plan_cpu(const at::Tensor& pos_in, const at::Tensor& bat
   return plan;
 }
 
+namespace {
+
 void check_static_outputs(const at::Tensor& pos, const at::Tensor& edge_index,
                           const at::Tensor& shifts, const at::Tensor& vec, const at::Tensor& dist,
                           const at::Tensor& row_ptr, const at::Tensor& status) {
@@ -781,6 +788,8 @@ void pad_edges(int64_t e0, int64_t C, int64_t* ei, scalar_t* sh, scalar_t* ve, s
   std::fill(ve + 3 * e0, ve + 3 * C, scalar_t(0));
   std::fill(di + e0, di + C, scalar_t(0));
 }
+
+}  // namespace
 
 // The search of radius_graph with the grids of a plan, written into preallocated buffers of
 // capacity C = edge_index.size(1). status[0] = edges found (the capacity needed); status[1] = 1
@@ -829,10 +838,12 @@ void radius_graph_static_cpu(const at::Tensor& pos_in, const at::Tensor& batch_i
       pad_edges<double>(0, C, ei, shifts.data_ptr<double>(), vec.data_ptr<double>(),
                         dist.data_ptr<double>());
   };
-  double max_abs = 0.0;
-  for (int64_t k = 0; k < 3 * N; ++k) max_abs = std::max(max_abs, std::fabs(pos[k]));
+  // Out of the plan: some |coordinate| above its max_abs, or not a number (NaN compares false,
+  // so it is flagged too, as the CUDA kernel does; a NaN atom used to be dropped silently here).
+  bool out_of_plan = false;
+  for (int64_t k = 0; k < 3 * N; ++k) out_of_plan |= !(std::fabs(pos[k]) <= plan_max_abs);
   stat[0] = 0;
-  stat[1] = max_abs > plan_max_abs ? 1 : 0;
+  stat[1] = out_of_plan ? 1 : 0;
   if (stat[1]) {
     empty_graph();
     return;
@@ -866,9 +877,10 @@ void radius_graph_static_cpu(const at::Tensor& pos_in, const at::Tensor& batch_i
 // Keep the candidate edges (sorted, e.g. a Verlet list built with cutoff + skin) that are within
 // [cutoff_lower, cutoff) now, with exactly the membership test of the search itself, so the
 // result equals a fresh build. Self-loops (i, i, 0) are kept iff loop.
-Result filter_pairs_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
-                        const c10::optional<at::Tensor>& box_in, const at::Tensor& edge_index_in,
-                        const at::Tensor& shifts_in, double cutoff, double cutoff_lower, bool loop) {
+GraphResult filter_pairs_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
+                             const c10::optional<at::Tensor>& box_in,
+                             const at::Tensor& edge_index_in, const at::Tensor& shifts_in,
+                             double cutoff, double cutoff_lower, bool loop) {
   check_common(pos_in, batch_in, box_in);
   const int64_t N = pos_in.size(0);
   const auto dtype = pos_in.scalar_type();
@@ -941,27 +953,4 @@ Result filter_pairs_cpu(const at::Tensor& pos_in, const at::Tensor& batch_in,
   return {edge_index, shifts, vec, dist, row_ptr};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(tensornet_fast, m) {
-  m.def(
-      "radius_graph(Tensor pos, Tensor batch, Tensor? box, float cutoff, float cutoff_lower, "
-      "bool loop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "filter_pairs(Tensor pos, Tensor batch, Tensor? box, Tensor edge_index, Tensor shifts, "
-      "float cutoff, float cutoff_lower, bool loop) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "radius_graph_plan(Tensor pos, Tensor batch, Tensor? box, float cutoff, float cutoff_lower, "
-      "float max_abs) -> Tensor");
-  m.def(
-      "radius_graph_static(Tensor pos, Tensor batch, Tensor plan, Tensor plan_dev, bool loop, "
-      "Tensor(a!) edge_index, Tensor(b!) shifts, Tensor(c!) vec, Tensor(d!) dist, "
-      "Tensor(e!) row_ptr, Tensor(f!) status) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(tensornet_fast, CPU, m) {
-  m.impl("radius_graph", &radius_graph_cpu);
-  m.impl("filter_pairs", &filter_pairs_cpu);
-  m.impl("radius_graph_plan", &radius_graph_plan_cpu);
-  m.impl("radius_graph_static", &radius_graph_static_cpu);
-}
+}  // namespace tnf

@@ -1,16 +1,20 @@
-// CUDA radius graph: the cell-list search of radius_graph_core.h, one thread per receiver.
+// CUDA radius graph: the cell-list search of core.h, one thread per receiver.
 // count -> (row pointer by a scan in the glue) -> fill + per-row sort -> finalize; no capacity
 // is guessed, so nothing can overflow. Small systems use a single bin per molecule (the glue
 // sets that up), which is the brute force over all atoms and images without a binning pass.
 // The per-row sort makes the output independent of the (atomic, unordered) bin filling.
 // The static-capacity kernels (radius_graph_static) run the same search into fixed-size
 // buffers with the edge count and overflow flag kept on the device.
-#include <cuda_runtime.h>
-
-#include "radius_graph_cuda.h"
+//
+// Plain C++ apart from the kernel qualifiers and built-ins: cuda_on_host.h maps those (and
+// launch()) for the host compiler, so cuda_emulated_kernels.cpp compiles this very file into
+// the CPU extension and tests run the kernel bodies without a GPU (the *_cuda_emulated ops).
+#include "cuda_on_host.h"
+// (cuda_on_host.h first: it includes cuda_runtime.h under nvcc)
+#include "cuda.h"
 
 namespace tnf {
-namespace cuda {
+namespace TNF_CUDA_KERNELS {
 namespace {
 
 constexpr int kThreads = 256;
@@ -160,8 +164,11 @@ __global__ void range_check_kernel(const double* pos, int64_t n3, double max_abs
   if (!(fabs(pos[k]) <= max_abs)) status[1] = 1;  // benign race: every writer writes 1
 }
 
+// status[0] = the edges found, or 0 when a position left the plan (range_check ran before on
+// the same stream): that count came from positions the plan does not cover, and the CPU kernel
+// reports 0 there too (it used to be the count here; found comparing the two on the host).
 __global__ void total_kernel(const int64_t* row_ptr, int64_t n, int64_t* status) {
-  if (blockIdx.x == 0 && threadIdx.x == 0) status[0] = row_ptr[n];
+  if (blockIdx.x == 0 && threadIdx.x == 0) status[0] = status[1] ? 0 : row_ptr[n];
 }
 
 // Usable: the edges fit and no position left the plan.
@@ -249,7 +256,7 @@ __global__ void static_pad_kernel(int64_t capacity, const int64_t* status, int64
 void locate(const Grid* grids, const double* pos, const int64_t* batch, int64_t n, double* wrap,
             double* pw, int64_t* bins, int64_t* cell_of, void* stream) {
   if (n == 0) return;
-  locate_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(locate_kernel, blocks_for(n), kThreads, stream,
       grids, pos, batch, n, wrap, pw, bins, cell_of);
 }
 
@@ -260,7 +267,7 @@ void count(const Grid* grids, const int64_t* batch, const int64_t* bins, const d
            void* stream) {
   (void)codec;
   if (n == 0) return;
-  count_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(count_kernel, blocks_for(n), kThreads, stream,
       grids, batch, bins, pos, wrap, cell_start, cell_atom, cell_pos, cell_x, cell_wrap, params,
       loop, n, counts);
 }
@@ -271,7 +278,7 @@ void fill(const Grid* grids, const int64_t* batch, const int64_t* bins, const do
           SearchParams params, KeyCodec codec, bool loop, int64_t n, const int64_t* row_ptr,
           uint64_t* keys, void* stream) {
   if (n == 0) return;
-  fill_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(fill_kernel, blocks_for(n), kThreads, stream,
       grids, batch, bins, pos, wrap, cell_start, cell_atom, cell_pos, cell_x, cell_wrap, params,
       codec, loop, n, row_ptr, keys);
 }
@@ -282,7 +289,7 @@ void finalize(const Grid* grids, const int64_t* batch, const double* pos, const 
               const uint64_t* keys, int64_t* edge_index, scalar_t* shifts, scalar_t* vec,
               scalar_t* dist, void* stream) {
   if (n == 0 || n_edges == 0) return;
-  finalize_kernel<scalar_t><<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(finalize_kernel<scalar_t>, blocks_for(n), kThreads, stream,
       grids, batch, pos, wrap, codec, n, n_edges, row_ptr, keys, edge_index, shifts, vec, dist);
 }
 
@@ -297,7 +304,7 @@ void filter_mark(const double* pos, const int64_t* batch, const double* boxes, c
                  const double* shifts, int64_t n_cand, double cut2, double low2, bool loop,
                  uint8_t* keep, void* stream) {
   if (n_cand == 0) return;
-  filter_mark_kernel<<<blocks_for(n_cand), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(filter_mark_kernel, blocks_for(n_cand), kThreads, stream,
       pos, batch, boxes, ei, shifts, n_cand, cut2, low2, loop, keep);
 }
 
@@ -307,9 +314,8 @@ void filter_write(const double* pos, const int64_t* batch, const double* boxes, 
                   int64_t* edge_index, scalar_t* out_shifts, scalar_t* vec, scalar_t* dist,
                   void* stream) {
   if (n_out == 0) return;
-  filter_write_kernel<scalar_t>
-      <<<blocks_for(n_out), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-          pos, batch, boxes, ei, shifts, n_cand, sel, n_out, edge_index, out_shifts, vec, dist);
+  launch(filter_write_kernel<scalar_t>, blocks_for(n_out), kThreads, stream,
+      pos, batch, boxes, ei, shifts, n_cand, sel, n_out, edge_index, out_shifts, vec, dist);
 }
 
 template void filter_write<float>(const double*, const int64_t*, const double*, const int64_t*,
@@ -321,12 +327,11 @@ template void filter_write<double>(const double*, const int64_t*, const double*,
 
 void range_check(const double* pos, int64_t n, double max_abs, int64_t* status, void* stream) {
   if (n == 0) return;
-  range_check_kernel<<<blocks_for(3 * n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      pos, 3 * n, max_abs, status);
+  launch(range_check_kernel, blocks_for(3 * n), kThreads, stream, pos, 3 * n, max_abs, status);
 }
 
 void static_total(const int64_t* row_ptr, int64_t n, int64_t* status, void* stream) {
-  total_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(row_ptr, n, status);
+  launch(total_kernel, 1, 1, stream, row_ptr, n, status);
 }
 
 void static_fill(const Grid* grids, const int64_t* batch, const int64_t* bins, const double* pos,
@@ -336,7 +341,7 @@ void static_fill(const Grid* grids, const int64_t* batch, const int64_t* bins, c
                  const int64_t* row_ptr, const int64_t* status, int64_t capacity, uint64_t* keys,
                  void* stream) {
   if (n == 0) return;
-  static_fill_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  launch(static_fill_kernel, blocks_for(n), kThreads, stream,
       grids, batch, bins, pos, wrap, cell_start, cell_atom, cell_pos, cell_x, cell_wrap, params,
       codec, loop, n, row_ptr, status, capacity, keys);
 }
@@ -347,13 +352,12 @@ void static_finalize(const Grid* grids, const int64_t* batch, const double* pos,
                      const int64_t* status, int64_t* row_ptr, const uint64_t* keys,
                      int64_t* edge_index, scalar_t* shifts, scalar_t* vec, scalar_t* dist,
                      void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (n > 0)
-    static_finalize_kernel<scalar_t><<<blocks_for(n), kThreads, 0, s>>>(
+    launch(static_finalize_kernel<scalar_t>, blocks_for(n), kThreads, stream,
         grids, batch, pos, wrap, codec, n, capacity, status, row_ptr, keys, edge_index, shifts,
         vec, dist);
   if (capacity > 0)
-    static_pad_kernel<scalar_t><<<blocks_for(capacity), kThreads, 0, s>>>(
+    launch(static_pad_kernel<scalar_t>, blocks_for(capacity), kThreads, stream,
         capacity, status, edge_index, shifts, vec, dist);
 }
 
@@ -365,5 +369,5 @@ template void static_finalize<double>(const Grid*, const int64_t*, const double*
                                       const uint64_t*, int64_t*, double*, double*, double*,
                                       void*);
 
-}  // namespace cuda
+}  // namespace TNF_CUDA_KERNELS
 }  // namespace tnf

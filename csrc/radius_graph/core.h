@@ -1,4 +1,4 @@
-// Radius graph core shared by the CPU (radius_graph_cpu.cpp) and CUDA (radius_graph_cuda.cu)
+// Radius graph core shared by the CPU (cpu.cpp) and CUDA (cuda.cu)
 // searches. Plain C++ with no torch include so nvcc can compile it without torch's CUDA headers.
 //
 // Scheme: every molecule gets its own grid of bins. Periodic molecules bin wrapped fractional

@@ -1,14 +1,22 @@
-// Host launchers of the CUDA radius graph (radius_graph_cuda.cu). Raw device pointers and a
-// cudaStream_t passed as void*, so the torch-facing glue (radius_graph_cuda_glue.cpp) needs no
+// Host launchers of the CUDA radius graph (cuda.cu). Raw device pointers and a
+// cudaStream_t passed as void*, so the torch-facing glue (cuda_glue.cpp) needs no
 // CUDA header and the .cu file needs no torch header.
+//
+// The namespace is tnf::cuda for the nvcc build (cuda_glue.cpp) and tnf::cuda_emulated for the
+// host build of the same kernels (cuda_emulated_kernels.cpp, cuda_emulated.cpp): a file that
+// includes this header, or cuda.cu, defines TNF_CUDA_KERNELS first to pick the second.
 #pragma once
 
 #include <cstdint>
 
-#include "radius_graph_core.h"
+#include "core.h"
+
+#ifndef TNF_CUDA_KERNELS
+#define TNF_CUDA_KERNELS cuda
+#endif
 
 namespace tnf {
-namespace cuda {
+namespace TNF_CUDA_KERNELS {
 
 // Per atom: integer wrap, wrapped position, bin and global bin id.
 void locate(const Grid* grids, const double* pos, const int64_t* batch, int64_t n, double* wrap,
@@ -72,5 +80,5 @@ void static_finalize(const Grid* grids, const int64_t* batch, const double* pos,
                      int64_t* edge_index, scalar_t* shifts, scalar_t* vec, scalar_t* dist,
                      void* stream);
 
-}  // namespace cuda
+}  // namespace TNF_CUDA_KERNELS
 }  // namespace tnf
