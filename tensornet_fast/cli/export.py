@@ -37,6 +37,19 @@ def add_arguments_export(p: argparse.ArgumentParser) -> None:
         help="total charge baked into the package (models trained with charge: true)",
     )
     p.add_argument(
+        "--lammps",
+        action="store_true",
+        help="the package of the LAMMPS pair style tensornet (docs/lammps.md): one MPI rank's "
+        "atoms and edges in, energy, forces and virial out; runs the cpu backend's compiled "
+        "kernels (--backend reference: plain aten ops)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("cpu", "reference"),
+        default=None,
+        help="--lammps only: cpu (default, compiled kernels) or reference",
+    )
+    p.add_argument(
         "--layout",
         default="auto",
         choices=("auto", "blocked", "interleaved"),
@@ -55,7 +68,12 @@ def run_export(args: argparse.Namespace) -> int:
         charge=args.charge,
         precision=args.precision,
         layout=args.layout,
-        verbose=True,
+        lammps=args.lammps,
+        backend=args.backend,
+        verbose=True,  # one line per stage, with the elapsed time, on stderr
     )
-    print(f"wrote {path}; run it from C++ with examples/cpp/run_exported.cpp", file=sys.stderr)
+    if args.lammps:
+        print(f"wrote {path}; in LAMMPS: pair_style tensornet {path}", file=sys.stderr)
+    else:
+        print(f"wrote {path}; run it from C++ with examples/cpp/run_exported.cpp", file=sys.stderr)
     return 0

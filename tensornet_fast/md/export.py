@@ -26,21 +26,25 @@ images, dtype, max_z and the input/output names, so a host can validate its inpu
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import NotTraceable
+from ..errors import InputError, NotTraceable
 from ..model import TensorNetModel, load_model
 from ..model.assembly import evaluate, max_cutoff
 from ..model.inputs import System
-from .traceable import GivenEdges, check_traceable, dense_edges
+from .traceable import Edges, GivenEdges, check_traceable, dense_edges
 
 FORMAT_VERSION = "1"
+LAMMPS_FORMAT_VERSION = "1"
 
 
 def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: float):
@@ -66,6 +70,34 @@ def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: f
         return out["energy"], out["forces"]
 
     return fn, names
+
+
+def outer_products_as_mul(gm: torch.fx.GraphModule) -> int:
+    """Rewrite every ``mm(a [M, 1], b [1, N])`` (an outer product: the backward of a linear
+    layer with one output, e.g. the head's last layer) as the broadcast ``a * b``, in place;
+    returns how many. Why: Inductor's CPU lowering of mm decomposes such products only when
+    ``M + N <= 32``, and decides it by GUARDING on the atom count with the example's size:
+    the bundled model (head width 24) then compiled a package valid for <= 8 atoms only
+    ("Expected u0 <= 64 but received 81", torch 2.13; the 16-wide test model: <= 24 atoms).
+    With no such mm in the graph there is nothing to guard on."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.mm.default:
+            continue
+        a, b = node.args[:2]
+        inner = a.meta["val"].shape[-1]
+        if not isinstance(inner, int) or inner != 1:
+            continue
+        with gm.graph.inserting_before(node):
+            product = gm.graph.call_function(torch.ops.aten.mul.Tensor, (a, b))
+        product.meta = dict(node.meta)
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
 
 
 class _Exported(torch.nn.Module):
@@ -122,6 +154,7 @@ def trace_model(
     tensors = [state[n].detach() for n in names]
     example = _example_inputs(model, periodic)
     gm = make_fx(fn, tracing_mode="symbolic")(tensors, *example)
+    outer_products_as_mul(gm)
     return _Exported(gm, tensors, periodic)
 
 
@@ -150,6 +183,162 @@ def metadata(model: TensorNetModel, periodic: bool, images: int, charge: float) 
     }
 
 
+# ------------------------------------------------------------------------------------- LAMMPS
+# The package the LAMMPS pair style (tensornet_fast/integrations/lammps/) runs, on one MPI rank's
+# atoms: its own ("local") atoms first, then the ghost atoms it needs as nodes of the graph.
+#   inputs:  z [N] int64, pos [N, 3], edge_index [2, E] int64 (receiver, sender; sorted by
+#            receiver, one self-loop (i, i) per node), offsets [E, 3] (edge vector =
+#            pos[i] - pos[j] + offset: a periodic image folded onto its owner), n_local [1] int64
+#   outputs: energy [1] (the local atoms' energy, model.mean included once), atom_energies [N]
+#            (valid for the local atoms), forces [N, 3] = -d(energy)/d(pos) on every node (ghost
+#            nodes' forces belong to other ranks: LAMMPS sends them home), virial [3, 3] =
+#            -d(energy)/d(strain), symmetric (sum r (x) f; LAMMPS's convention).
+# How: the rank's atoms are molecule 0 and its ghost nodes molecule 1 of one System with an
+# identity cell per molecule (the offsets are Cartesian), run through the one assembly with
+# gradient_of = (1, 0); the virial is the sum of both molecules' strain derivatives (one
+# homogeneous deformation of every edge vector).
+LAMMPS_INPUTS = "z,pos,edge_index,offsets,n_local"
+LAMMPS_OUTPUTS = "energy,atom_energies,forces,virial"
+
+
+def lammps_model(model: TensorNetModel, backend: str = "cpu") -> TensorNetModel:
+    """The model as the LAMMPS package traces it: with ``backend="cpu"`` a shallow copy (same
+    weights) whose cpu backend runs its traced path through the compiled kernels
+    (``backends/cpu/static.py``); ``"reference"``: the plain-aten math (a package that needs
+    no tensornet_fast library in the host, several times slower)."""
+    from ..backends.cpu import CpuBackend
+
+    c = model.config
+    if c.reduce_op != "add":
+        raise InputError(
+            f"reduce_op={c.reduce_op!r}: the energy is not a sum of atomic energies, so it "
+            "cannot be split over LAMMPS's ranks and ghost atoms (reduce_op='add' only)"
+        )
+    if backend == "cpu":
+        from .. import _extension
+
+        if _extension.ops() is None:
+            raise NotTraceable(
+                "the LAMMPS package with backend='cpu' needs the compiled extension "
+                "(python setup.py build_ext --inplace); or export with backend='reference'"
+            )
+        traced = copy.copy(model)  # shares parameters, buffers and derived state
+        traced.backend_impl = CpuBackend(explicit=True, traceable=True)
+        return traced
+    if backend == "reference":
+        if model.backend == "reference":
+            return model
+        from ..backends import select
+
+        traced = copy.copy(model)
+        traced.backend_impl = select("reference", model.device)
+        return traced
+    raise InputError(f"backend must be 'cpu' or 'reference' for a LAMMPS package, got {backend!r}")
+
+
+def _lammps_fn(model: TensorNetModel, charge: float):
+    factor = 1.0 + 0.1 * charge if model.config.charge else 1.0
+
+    def fn(z: Tensor, pos: Tensor, edge_index: Tensor, offsets: Tensor, n_local: Tensor):
+        n = pos.shape[0]
+        batch = (torch.arange(n, device=z.device) >= n_local).long()  # 0 local, 1 ghost
+        atoms = torch.cat((n_local, n - n_local))
+        cell = torch.eye(3, dtype=pos.dtype, device=pos.device).expand(2, 3, 3)
+        charge_factor = torch.full((n,), factor, dtype=pos.dtype, device=pos.device)
+        system = System(z, pos, batch, 2, atoms, cell, charge_factor)
+        edges = GivenEdges(model, batch, Edges(edge_index, offsets))
+        weights = torch.tensor([1.0, 0.0], dtype=pos.dtype, device=pos.device)
+        out = evaluate(
+            model,
+            system,
+            edges,
+            forces=True,
+            stress=True,
+            atom_energies=True,
+            static=True,
+            gradient_of=weights,
+        )
+        # stress = sym(dE/dstrain) / det(cell) per molecule, det = 1: their sum is the derivative
+        # under one homogeneous strain of every edge vector
+        virial = -out["stress"].sum(0)
+        return out["energy"][0], out["atom_energies"], out["forces"], virial
+
+    return fn
+
+
+def lammps_example(model: TensorNetModel) -> tuple[Tensor, ...]:
+    """A small graph as the pair style passes it: 6 atoms (4 local), all pairs within the
+    cutoff, self-loops, receiver-sorted, one periodic-image edge."""
+    from ..neighbors import radius_graph_full
+
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    z = torch.randint(1, min(model.config.max_z, 10), (n,), generator=g)
+    pos = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2.5).to(model.dtype)
+    nl = radius_graph_full(pos, float(max_cutoff(model)), loop=True)
+    offsets = torch.zeros(nl.edge_index.shape[1], 3, dtype=model.dtype)
+    return z, pos, nl.edge_index.contiguous(), offsets, torch.tensor([4])
+
+
+def trace_lammps(model: TensorNetModel, charge: float = 0.0, backend: str = "cpu"):
+    """make_fx trace of the LAMMPS package's function (see LAMMPS_INPUTS / LAMMPS_OUTPUTS)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = lammps_model(model.eval(), backend)
+    check_traceable(traced, "the LAMMPS export")
+    # the weights, tables and packed weights are real tensors: constants of the graph
+    fn = make_fx(_lammps_fn(traced, charge), tracing_mode="symbolic", _allow_non_fake_inputs=True)
+    with torch.no_grad():  # no gradients w.r.t. the weights (evaluate enables them for pos)
+        gm = fn(*lammps_example(model))
+    outer_products_as_mul(gm)
+    return gm
+
+
+def export_lammps_program(gm: torch.fx.GraphModule, model: TensorNetModel):
+    atoms = torch.export.Dim("atoms", min=2, max=1 << 24)
+    edges = torch.export.Dim("edges", min=2, max=1 << 30)
+    shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None)
+    example = lammps_example(model)
+    return torch.export.export(gm, example, dynamic_shapes=shapes, strict=False)
+
+
+def lammps_metadata(model: TensorNetModel, charge: float, backend: str) -> dict:
+    c = model.config
+    names = [spec.name for spec in c.priors]
+    return {
+        "tensornet_fast_lammps": LAMMPS_FORMAT_VERSION,
+        "dtype": "float64" if model.dtype == torch.float64 else "float32",
+        "cutoff": repr(float(c.cutoff_upper)),
+        "max_cutoff": repr(float(max_cutoff(model))),
+        # message passes: the embedding and each interaction layer look one cutoff further
+        "num_layers": str(int(c.num_layers)),
+        "max_z": str(int(c.max_z)),
+        "mean": repr(float(model.mean)),
+        "d2": "1" if "D2" in names else "0",
+        "charge": repr(float(charge)) if c.charge else "",
+        "backend": backend,
+        "inputs": LAMMPS_INPUTS,
+        "outputs": LAMMPS_OUTPUTS,
+    }
+
+
+# ------------------------------------------------------------------------------- export_model
+class _Stages:
+    """Progress of one export: each stage's start, with the time since the export began."""
+
+    def __init__(self, report: Callable[[str], None] | None):
+        self.report = report
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.report is not None:
+            self.report(f"[{time.perf_counter() - self.t0:6.1f} s] {message}")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
 def export_model(
     model_or_path: TensorNetModel | str | os.PathLike = "default",
     out_path: str | os.PathLike = "tensornet.pt2",
@@ -158,15 +347,19 @@ def export_model(
     images: int = 1,
     charge: float = 0.0,
     precision: int | None = None,
+    lammps: bool = False,
+    backend: str | None = None,
+    progress: Callable[[str], None] | None = None,
     verbose: bool = False,
     **load_kwargs: Any,
 ) -> str:
-    """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``).
+    """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``), or
+    with ``lammps`` the package of the LAMMPS pair style ``tensornet``.
 
     Args:
-        model_or_path: a :class:`TensorNetModel` (its weights are copied; its backend must be
-            ``"reference"``) or a checkpoint path / ``"default"`` (loaded here
-            with ``backend="reference"``).
+        model_or_path: a :class:`TensorNetModel` (its weights are copied; for the molecule /
+            periodic packages its backend must be ``"reference"``) or a checkpoint path /
+            ``"default"`` (loaded here).
         out_path: the ``.pt2`` file to write.
         periodic: the package takes a cell ``box`` [3, 3] (rows a, b, c) and also returns the
             stress (1/V) dE/d(strain); without it the system is an isolated molecule.
@@ -175,38 +368,62 @@ def export_model(
             ``examples/cpp/run_exported.cpp`` checks it).
         charge: total charge, baked in, for models trained with ``charge: true``.
         precision: 32 or 64 to convert a checkpoint on load (default: the checkpoint's).
+        lammps: the LAMMPS package (docs/lammps.md): one rank's atoms and ghost atoms with a
+            given edge list in, energy, per-atom energies, forces and virial out.
+        backend: LAMMPS package only: ``"cpu"`` (default; the compiled kernels, the host loads
+            tensornet_fast's operator library) or ``"reference"`` (plain aten ops).
+        progress: called with one line per stage (``"[  12.3 s] tracing ..."``); the command
+            line prints them. ``verbose=True`` prints them to stderr.
         **load_kwargs: passed to :func:`load_model` (e.g. ``layout=``).
 
-    Returns the package path. Takes ~10-60 s of compilation on CPU (a C++ compiler is needed
-    at export time, not to run the package).
+    Returns the package path. Measured on the 2-core development VM (shared, loaded): the
+    bundled model's molecule package ~3-5 min, most of it AOTInductor's C++ compilation (a C++
+    compiler is needed at export time, not to run the package).
     """
+    if verbose and progress is None:
+
+        def progress(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+    stage = _Stages(progress)
+    if lammps and periodic:
+        raise InputError("--lammps packages take LAMMPS's own cell handling: drop --periodic")
+    if not lammps and backend not in (None, "reference"):
+        raise InputError(
+            f"backend={backend!r}: molecule / periodic packages run the reference math "
+            "(backend='reference'); the cpu kernels are for the LAMMPS package (lammps=True)"
+        )
+    backend = backend or ("cpu" if lammps else "reference")
     if isinstance(model_or_path, TensorNetModel):
         model = model_or_path
         if precision is not None:
             model = model.to(torch.float64 if precision == 64 else torch.float32)
     else:
+        stage(f"loading {os.fspath(model_or_path)}")
         overrides = {} if precision is None else {"precision": precision}
         model = load_model(
             model_or_path, backend="reference", device="cpu", **overrides, **load_kwargs
         )
     if model.device.type != "cpu":
         raise ValueError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
-    t0 = time.perf_counter()
-    module = trace_model(model, periodic=periodic, images=images, charge=charge)
-    t1 = time.perf_counter()
-    program = export_program(module, model)
-    t2 = time.perf_counter()
     out_path = os.fspath(out_path)
-    meta = metadata(model, periodic, images, charge)
+    if lammps:
+        stage(f"tracing energy, forces and virial for LAMMPS (backend {backend}, make_fx)")
+        gm = trace_lammps(model, charge=charge, backend=backend)
+        stage("exporting (torch.export, dynamic atom and edge counts)")
+        program = export_lammps_program(gm, model)
+        meta = lammps_metadata(model, charge, backend)
+    else:
+        stage("tracing energy and forces (make_fx)")
+        module = trace_model(model, periodic=periodic, images=images, charge=charge)
+        stage("exporting (torch.export, dynamic atom count)")
+        program = export_program(module, model)
+        meta = metadata(model, periodic, images, charge)
+    stage("compiling with AOTInductor (C++; the longest stage)")
     path = torch._inductor.aoti_compile_and_package(
         program, package_path=out_path, inductor_configs={"aot_inductor.metadata": meta}
     )
-    if verbose:
-        t3 = time.perf_counter()
-        print(
-            f"traced {t1 - t0:.1f} s, exported {t2 - t1:.1f} s, compiled {t3 - t2:.1f} s: "
-            f"{path} {json.dumps(meta)}"
-        )
+    stage(f"wrote {path} in {stage.elapsed:.0f} s: {json.dumps(meta)}")
     return path
 
 

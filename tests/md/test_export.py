@@ -149,15 +149,75 @@ def test_cpp_program_rejects_bad_input(binary, package, tmp_path):
     assert res.returncode == 1 and "isolated molecules" in res.stderr
 
 
+def _molecules(sizes_per_side=(1, 2, 3, 5)):
+    """A water (3 atoms), then water clusters of 24, 81 and 375 atoms as one molecule."""
+    yield water_box(1, seed=3, dtype=torch.float32)[:2]
+    for n in sizes_per_side[1:]:
+        yield water_box(n, seed=3, dtype=torch.float32)[:2]
+
+
 def test_package_in_python_and_metadata(package, model):
+    """torch's own loader, as a user would, at sizes from 3 to 375 atoms: an export must not
+    be valid for the example's size range only (the 0.2 package of the bundled model stopped
+    at 8 atoms)."""
     runner = tnf_export.load_exported(package)
-    z, pos, _ = water_box(2, seed=3, dtype=torch.float32)  # 24 atoms, a different size
-    energy, forces = runner(z, pos)
-    ref_e, ref_f = model(z, pos)
-    assert_close(energy, ref_e, torch.float32, "energy", "AOTI water")
-    assert_close(forces, ref_f, torch.float32, "forces", "AOTI water")
+    for z, pos in _molecules():
+        energy, forces = runner(z, pos)
+        ref_e, ref_f = model(z, pos)
+        assert_close(energy, ref_e, torch.float32, "energy", f"AOTI water x{len(z)}")
+        assert_close(forces, ref_f, torch.float32, "forces", f"AOTI water x{len(z)}")
     meta = runner.get_metadata()
     assert meta["periodic"] == "0" and meta["max_z"] == "20" and meta["cutoff"] == "4.0"
+
+
+def test_periodic_package_any_cell(ckpt, model, tmp_path):
+    path = tnf_export.export_model(ckpt, tmp_path / "periodic.pt2", periodic=True)
+    runner = tnf_export.load_exported(path)
+    for n in (2, 3, 4):  # 24, 81, 192 atoms; cells 8.2 .. 16.4 A (>= the 4 A cutoff)
+        z, pos, box = water_box(n, spacing=4.1, seed=n, dtype=torch.float32)
+        energy, forces, stress = runner(z, pos, box)
+        ref = model.compute(z, pos, box=box, stress=True)
+        what = f"AOTI periodic {len(z)} atoms"
+        assert_close(energy, ref["energy"], torch.float32, "energy", what)
+        assert_close(forces, ref["forces"], torch.float32, "forces", what)
+        assert_close(stress, ref["stress"][0], torch.float32, "forces", what + " stress")
+
+
+def test_default_model_package_any_size(tmp_path, capsys):
+    """`tensornet-fast export --model default` (the report of issue #24), with its progress
+    lines, and the package at 3 to a few hundred atoms against the eager model."""
+    from ase.build import molecule
+
+    from tensornet_fast.cli import main
+
+    path = tmp_path / "default.pt2"
+    assert main(["export", "--model", "default", "--out", str(path)]) == 0
+    err = capsys.readouterr().err
+    for stage in ("tracing", "exporting", "compiling with AOTInductor", "wrote"):
+        assert stage in err, err
+    runner = tnf_export.load_exported(str(path))
+    model = tnf.load_model("default", backend="reference")
+    systems = [molecule(name) for name in ("H2O", "CH3CH2OH", "C6H6")]
+    for z, pos in [(torch.as_tensor(a.numbers), torch.as_tensor(a.positions)) for a in systems]:
+        pos = pos.float()
+        energy, forces = runner(z, pos)
+        ref_e, ref_f = model(z, pos)
+        assert_close(energy, ref_e, torch.float32, "energy", f"default AOTI {len(z)} atoms")
+        assert_close(forces, ref_f, torch.float32, "forces", f"default AOTI {len(z)} atoms")
+    for z, pos in _molecules((1, 4, 6)):  # 192 and 648 atoms
+        energy, forces = runner(z, pos)
+        ref_e, ref_f = model(z, pos)
+        assert_close(energy, ref_e, torch.float32, "energy", f"default AOTI {len(z)} atoms")
+        assert_close(forces, ref_f, torch.float32, "forces", f"default AOTI {len(z)} atoms")
+
+
+def test_no_outer_product_mm_left(ckpt):
+    """The traced graphs hold no mm with inner size 1 (Inductor guards the atom count on it)."""
+    model = tnf.load_model(ckpt, backend="reference")
+    module = tnf_export.trace_model(model)
+    mms = [n for n in module.gm.graph.nodes if n.target is torch.ops.aten.mm.default]
+    assert mms and all(n.args[0].meta["val"].shape[-1] != 1 for n in mms)
+    assert tnf_export.outer_products_as_mul(module.gm) == 0
 
 
 @pytest.mark.parametrize("precision", [64])
