@@ -173,6 +173,36 @@ def _water(n=3, seed=5):
     return _atoms(z, pos, box)
 
 
+def test_package_with_ghost_nodes_in_python(package, calc_model):
+    """The package as a rank without folding sees it: the cell's atoms local, every periodic
+    image within 3 cells as a ghost node with real coordinates (no offsets). The local energy,
+    the forces summed over each atom's copies and the virial equal the periodic system's."""
+    from tensornet_fast import _extension
+    from tensornet_fast.md.export import load_exported
+    from tensornet_fast.neighbors import radius_graph_full
+
+    _extension.ops()  # registers torch.ops.tensornet_fast, which the package calls
+    runner = load_exported(package)
+    z, pos, box = water_box(2, spacing=3.1, seed=8, dtype=torch.float32)  # 24 atoms, 6.2 A
+    n = len(z)
+    r = torch.arange(-3, 4, dtype=torch.float32)  # 3 x 6.2 A >= (2 + 1) x 4 A
+    shifts = torch.cartesian_prod(r, r, r)
+    shifts = shifts[torch.argsort((shifts != 0).any(1).int(), stable=True)]  # (0, 0, 0) first
+    images = (pos[None] + (shifts @ box)[:, None]).reshape(-1, 3)  # [S * n, 3], copy 0 local
+    zz = z.repeat(len(shifts))
+    nl = radius_graph_full(images, CUTOFF, loop=True)
+    offsets = torch.zeros(nl.edge_index.shape[1], 3)
+    energy, atom_e, forces, virial = runner(zz, images, nl.edge_index, offsets, torch.tensor([n]))
+    ref = calc_model.compute(z, pos, box=box, stress=True, atom_energies=True)
+    f32 = torch.float32
+    assert_close(energy.reshape(1, 1), ref["energy"], f32, "energy", "ghost nodes")
+    assert_close(atom_e[:n], ref["atom_energies"], f32, "energy", "ghost nodes per atom")
+    owner_forces = forces.reshape(len(shifts), n, 3).sum(0)
+    assert_close(owner_forces, ref["forces"], f32, "forces", "ghost nodes")
+    volume = torch.det(box)
+    assert_close(virial, -ref["stress"][0] * volume, f32, "forces", "ghost nodes virial")
+
+
 def test_water_box_matches_ase(package, plugin, calc_model, tmp_path):
     atoms = _water()
     res, folder = _run_lammps(tmp_path, atoms, package, plugin, SINGLE_POINT)
