@@ -122,7 +122,9 @@ std::vector<const float*> packed_layers(const std::vector<at::Tensor>& packed,
 
 // LayerNorm(x) then h <- act_l(h W_l^T + b_l) for each layer l.  x [N, C] -> [N, C_L];
 // packed: cpu_gemm_pack(ws[l], true) or empty per layer.
-// Returns (out, mean [N, 1], rstd [N, 1], pre_0, out_0, pre_1, out_1, ...) for cpu_rows_bwd.
+// Returns (mean [N, 1], rstd [N, 1], pre_0, out_0, pre_1, out_1, ...) for cpu_rows_bwd; the
+// stack's output is the last out_l. A layer without activation (act -1) returns an empty out_l
+// (its output is pre_l): a custom op's outputs must not alias each other (opcheck, AOT autograd).
 std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w,
                                      const at::Tensor& ln_b, double eps,
                                      const std::vector<at::Tensor>& ws,
@@ -143,7 +145,7 @@ std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w
   std::vector<at::Tensor> pre(nl), post(nl);
   for (size_t l = 0; l < nl; ++l) {
     pre[l] = at::empty({n, ws[l].size(0)}, x.options());
-    post[l] = acts[l] >= 0 ? at::empty_like(pre[l]) : pre[l];
+    post[l] = acts[l] >= 0 ? at::empty_like(pre[l]) : pre[l];  // aliased only inside the op
   }
   const std::vector<int64_t> shape{x.size(1)};
   node_region(n, [&](int t, int nt) {
@@ -167,10 +169,10 @@ std::vector<at::Tensor> cpu_rows_fwd(const at::Tensor& x, const at::Tensor& ln_w
       in = post[l].slice(0, a0, a1);
     }
   });
-  std::vector<at::Tensor> res{post[nl - 1], mean, rstd};
+  std::vector<at::Tensor> res{mean, rstd};
   for (size_t l = 0; l < nl; ++l) {
     res.push_back(pre[l]);
-    res.push_back(post[l]);
+    res.push_back(acts[l] >= 0 ? post[l] : at::empty({0}, x.options()));
   }
   return res;
 }

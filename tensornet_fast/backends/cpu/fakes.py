@@ -83,15 +83,16 @@ def _spline_locate(d, lo, h, n, zero_below):
 
 @torch.library.register_fake("tensornet_fast::cpu_rows_fwd")
 def _rows_fwd(x, ln_w, ln_b, eps, ws, bs, acts, packed):
-    # (out, mean, rstd, pre_0, out_0, pre_1, out_1, ...), aliased like the C++ kernel's: a
-    # layer without activation (act -1) returns its pre-activation as its output, and `out`
-    # is the last layer's output tensor itself
+    # (mean, rstd, pre_0, out_0, pre_1, out_1, ...) like the C++ kernel: a layer without
+    # activation (act -1) returns an empty out_l (its output is pre_l; outputs never alias)
     n = x.shape[0]
     tape = []
     for w, act in zip(ws, acts):
-        pre = x.new_empty(n, w.shape[0])
-        tape += [pre, x.new_empty(n, w.shape[0]) if act >= 0 else pre]
-    return [tape[-1], x.new_empty(n, 1), x.new_empty(n, 1), *tape]
+        tape += [
+            x.new_empty(n, w.shape[0]),
+            x.new_empty(n, w.shape[0]) if act >= 0 else x.new_empty(0),
+        ]
+    return [x.new_empty(n, 1), x.new_empty(n, 1), *tape]
 
 
 @torch.library.register_fake("tensornet_fast::cpu_rows_bwd")

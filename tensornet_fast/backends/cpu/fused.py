@@ -41,9 +41,10 @@ class _RowStack:
         self.packed_bwd = [_pack_weights(ops, w, False) for w in self.ws]
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple]:
-        out, mean, rstd, *pre_post = self.ops.cpu_rows_fwd(
+        mean, rstd, *pre_post = self.ops.cpu_rows_fwd(
             x, self.ln_w, self.ln_b, self.eps, self.ws, self.bs, self.acts, self.packed_fwd
         )
+        out = pre_post[-1] if self.acts[-1] >= 0 else pre_post[-2]  # [N, C_L]
         # Only activated layers' (pre, out) are needed. A plain last linear's output is the
         # autograd Function's output: kept in its ctx it would make a reference cycle through
         # its grad_fn, and every call's tapes would wait for the cyclic garbage collector.
