@@ -184,7 +184,12 @@ void PairTensorNet::build_nodes() {
   receivers_.resize(nlocal);
   for (int i = 0; i < nlocal; ++i) node_of_[i] = atom_of_[i] = receivers_[i] = i;
   for (int k = nlocal; k < nall; ++k) {
-    auto it = local_of_tag.find(tag[k]);
+    // Several ranks: every ghost is a node of its own. Folding an image of an own atom onto
+    // it there would make the graph asymmetric in node identity (a ghost node receives from
+    // the folded atom, which receives from ANOTHER copy of that ghost's atom), and the cpu
+    // kernels handle each pair once for both directions (csrc/cpu/edge_passes.h): they need
+    // (i, j) and (j, i) together. Unfolded, both lists of a pair hold each other.
+    auto it = ghostneigh ? local_of_tag.end() : local_of_tag.find(tag[k]);
     if (it != local_of_tag.end()) {
       node_of_[k] = it->second;  // a periodic image of the rank's own atom
     } else {
