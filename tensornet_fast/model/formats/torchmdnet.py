@@ -14,6 +14,7 @@ older file), ``layout="blocked"`` for files written by 3.x.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -187,14 +188,21 @@ def _parse_priors(hparams: Mapping[str, Any]) -> tuple[PriorSpec, ...]:
 
 def _typed(hp: Mapping[str, Any], key: str, kind: type) -> Any:
     value = hp[key]
-    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
-        raise CheckpointError(f"{key} must be an integer, got {value!r}")
-    if kind is bool and not isinstance(value, (bool, int)):
-        raise CheckpointError(f"{key} must be true or false, got {value!r}")
+    if kind is bool:
+        if not isinstance(value, (bool, int)):
+            raise CheckpointError(f"{key} must be true or false, got {value!r}")
+        return bool(value)
     try:
-        return kind(value)
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise CheckpointError(f"{key} must be a {kind.__name__}, got {value!r}") from None
+        number = None
+    if number is None or isinstance(value, bool) or math.isnan(number):
+        raise CheckpointError(f"{key} must be a number, got {value!r}")
+    if kind is int:
+        if not number.is_integer():
+            raise CheckpointError(f"{key} must be an integer, got {value!r}")
+        return int(number)
+    return number
 
 
 def _build_config(hp: Mapping[str, Any], remove_ref_off: bool) -> ModelConfig:
