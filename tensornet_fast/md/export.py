@@ -27,6 +27,7 @@ images, dtype, max_z and the input/output names, so a host can validate its inpu
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -34,11 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import NotTraceable
+from ..errors import InputError, NotTraceable
 from ..model import TensorNetModel, load_model
 from ..model.assembly import evaluate, max_cutoff
 from ..model.inputs import System
-from .traceable import GivenEdges, check_traceable, dense_edges
+from .traceable import GivenEdges, check_traceable, dense_edges, dense_max_atoms
 
 FORMAT_VERSION = "1"
 
@@ -76,6 +77,7 @@ class _Exported(torch.nn.Module):
         self.gm = gm
         self.count = len(tensors)
         self.periodic = periodic
+        self.images = 1
         for k, t in enumerate(tensors):
             self.register_buffer(f"w{k}", t.detach().clone())
 
@@ -114,19 +116,41 @@ def trace_model(
             f"export needs backend='reference' (this model uses {model.backend!r}, whose custom "
             "ops a C++ host cannot run); load_model(path, backend='reference') and export that"
         )
-    if images < 1:
-        raise ValueError(f"images must be >= 1, got {images}")
+    _check_export_args(model, periodic, images, charge)
     model = model.eval()
     fn, names = _energy_forces(model, periodic, images, charge)
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     tensors = [state[n].detach() for n in names]
     example = _example_inputs(model, periodic)
     gm = make_fx(fn, tracing_mode="symbolic")(tensors, *example)
-    return _Exported(gm, tensors, periodic)
+    module = _Exported(gm, tensors, periodic)
+    module.images = images
+    return module
+
+
+def _check_export_args(model, periodic, images, charge) -> None:
+    if not isinstance(periodic, bool):
+        raise InputError(f"periodic must be True or False, got {periodic!r}")
+    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= 8:
+        raise InputError(
+            f"images must be an integer 1..8 (periodic images searched per axis), got {images!r}"
+        )
+    if isinstance(charge, bool) or not isinstance(charge, (int, float)):
+        raise InputError(f"charge must be a number, got {charge!r}")
+    if not math.isfinite(charge):
+        raise InputError(f"charge must be finite, got {charge}")
+
+
+def max_atoms(model: TensorNetModel, periodic: bool, images: int) -> int:
+    """The largest atom count a package accepts: the dense_edges memory budget (recorded in the
+    metadata; the package refuses larger inputs through its dynamic-shape bounds)."""
+    return dense_max_atoms(model.dtype, periodic, images)
 
 
 def export_program(module: _Exported, model: TensorNetModel) -> torch.export.ExportedProgram:
-    atoms = torch.export.Dim("atoms", min=2, max=1 << 20)
+    images = int(module.images)
+    top = max(3, min(1 << 20, max_atoms(model, module.periodic, images)))
+    atoms = torch.export.Dim("atoms", min=2, max=top)
     example = _example_inputs(model, module.periodic)
     shapes: dict[str, Any] = {"z": {0: atoms}, "pos": {0: atoms}}
     if module.periodic:
@@ -144,6 +168,7 @@ def metadata(model: TensorNetModel, periodic: bool, images: int, charge: float) 
         "max_z": str(int(c.max_z)),
         "periodic": "1" if periodic else "0",
         "images": str(int(images)),
+        "max_atoms": str(max(3, min(1 << 20, max_atoms(model, periodic, images)))),
         "charge": repr(float(charge)) if c.charge else "",
         "inputs": "z,pos,box" if periodic else "z,pos",
         "outputs": "energy,forces,stress" if periodic else "energy,forces",
@@ -180,6 +205,8 @@ def export_model(
     Returns the package path. Takes ~10-60 s of compilation on CPU (a C++ compiler is needed
     at export time, not to run the package).
     """
+    if precision not in (None, 32, 64):
+        raise InputError(f"precision must be 32, 64 or None, got {precision!r}")
     if isinstance(model_or_path, TensorNetModel):
         model = model_or_path
         if precision is not None:
@@ -190,7 +217,7 @@ def export_model(
             model_or_path, backend="reference", device="cpu", **overrides, **load_kwargs
         )
     if model.device.type != "cpu":
-        raise ValueError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
+        raise InputError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
     t0 = time.perf_counter()
     module = trace_model(model, periodic=periodic, images=images, charge=charge)
     t1 = time.perf_counter()

@@ -18,9 +18,13 @@ step). If a search finds more candidates than ``capacity``, the step raises
 :class:`~tensornet_fast.NeighborListOverflowError` saying what capacity to use (the static
 buffers cannot grow: create a new ``MDStep``).
 
-Species, batch, box, charges and weights are fixed for the life of the object (NVE/NVT MD);
-positions change. The step runs the model's one assembly over the fixed edges
-(``model.assembly.evaluate`` with ``md.traceable.GivenEdges``): the Triton kernels when the
+Species, batch, box and charges are fixed for the life of the object (NVE/NVT MD); positions
+change. The step follows the model's weights: after ``load_state_dict``, an in-place edit or a
+replaced Parameter the next step uses the new weights (a captured CUDA graph is captured again,
+since it read the old derived state); a model moved to another dtype or device raises
+``InputError`` (the static buffers are in the old one: create a new ``MDStep``). Each step checks
+its outputs for NaN/inf (``InputError``). The step runs the model's one assembly over the fixed
+edges (``model.assembly.evaluate`` with ``md.traceable.GivenEdges``): the Triton kernels when the
 model's backend is ``"triton"`` (static shapes, no host synchronisation), else the reference
 math; both are what a CUDA graph can capture. On CPU (or with ``cuda_graph=False``) the same
 computation runs eagerly, which is what the CPU tests check.
@@ -33,9 +37,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..backends.shared.cache import weight_tensors, weights_key
 from ..errors import CapacityError, InputError, NeighborListOverflowError
 from ..model import TensorNetModel
-from ..model.assembly import evaluate, max_cutoff
+from ..model.assembly import autograd_allowed, check_finite_outputs, evaluate, max_cutoff
 from ..model.inputs import prepare_system
 from ..neighbors import SkinRule, StaticRadiusGraph, reject_coincident
 from .traceable import Edges, GivenEdges
@@ -102,6 +107,9 @@ class MDStep:
         if cuda_graph and self.device.type != "cuda":
             raise InputError(f"cuda_graph=True needs a CUDA model, this one is on {self.device}")
         self.cuda_graph = bool(cuda_graph)
+        self.warmup = warmup
+        self._weights, self._keep = weights_key(model), weight_tensors(model)
+        self._dtype_device = (model.dtype, model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.energy: Tensor | None = None
         self.forces: Tensor | None = None
@@ -185,21 +193,52 @@ class MDStep:
         with torch.cuda.graph(self.graph):
             self.energy, self.forces = self._compute()
 
+    def _follow_weights(self) -> None:
+        """Re-capture after a weight change (eager steps follow by themselves, through the
+        derived-state cache); refuse a model that changed dtype or device."""
+        key = weights_key(self.model)
+        if key == self._weights:
+            return
+        now = (self.model.dtype, self.model.device)
+        if now != self._dtype_device:
+            raise InputError(
+                f"the model moved from {self._dtype_device[0]} on {self._dtype_device[1]} to "
+                f"{now[0]} on {now[1]} after this MDStep was made; its static buffers are in the "
+                "old dtype and device: create a new MDStep"
+            )
+        self._weights, self._keep = key, weight_tensors(self.model)
+        if self.graph is not None:
+            self.graph = None
+            self._capture(self.warmup)
+
     def step(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """Energies [n_mol, 1] and forces [N, 3] at ``pos`` (same shape, dtype, device as the
         initial positions). With a CUDA graph the returned tensors are the graph's static
         outputs, overwritten by the next step: clone them to keep them."""
+        if not isinstance(pos, Tensor):  # numpy array or list: the step's dtype and device
+            try:
+                pos = torch.as_tensor(pos, dtype=self.pos.dtype, device=self.pos.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputError(
+                    f"pos must be a tensor or array, got {type(pos).__name__}"
+                ) from None
         if pos.shape != self.pos.shape or pos.dtype != self.pos.dtype:
             raise InputError(
                 f"pos must be {tuple(self.pos.shape)} {self.pos.dtype}, got "
                 f"{tuple(pos.shape)} {pos.dtype}"
             )
-        self.pos.copy_(pos.detach())
-        if self.rule.moved_too_far(self.pos):
-            self._rebuild(self.pos)
-        if self.graph is not None:
-            self.graph.replay()
-            return self.energy, self.forces
-        return self._compute()
+        with autograd_allowed():  # forces are autograd results, also under inference_mode
+            self._follow_weights()
+            self.pos.copy_(pos.detach())
+            if self.rule.moved_too_far(self.pos):
+                self._rebuild(self.pos)
+            if self.graph is not None:
+                self.graph.replay()
+                energy, forces = self.energy, self.forces
+            else:
+                energy, forces = self._compute()
+            # one more device read per step: NaN/inf outputs raise instead of driving the MD
+            check_finite_outputs(self.model, {"energy": energy, "forces": forces}, self.system)
+            return energy, forces
 
     __call__ = step

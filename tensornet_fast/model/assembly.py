@@ -16,6 +16,7 @@ symmetrised; both by autograd through the backend's (hand-written or autograd) b
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -166,6 +167,53 @@ class _FirstOrderOnly(torch.autograd.Function):
         )
 
 
+def check_finite_outputs(model, out: dict[str, Tensor], system: System) -> None:
+    """Raise ``InputError`` when an output is NaN or inf (one reduction and one host read per
+    call; eager calls synchronise anyway). The inputs were checked, so the likely causes are
+    named: non-finite or extreme weights, or an overflow inside the network."""
+    values = [v for v in out.values() if v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(v).all() for v in values])
+    if bool(flags.all()):
+        return
+    bad = [k for k, v in out.items() if not bool(torch.isfinite(v).all())]
+    raise InputError(
+        f"the model returned NaN/inf {' and '.join(bad)} "
+        f"(molecules {_bad_molecules(out, system)}): {_likely_cause(model)}"
+    )
+
+
+def _bad_molecules(out: dict[str, Tensor], system: System) -> list[int]:
+    bad = ~torch.isfinite(out["energy"].detach()).all(1)
+    if "forces" in out:
+        atoms = ~torch.isfinite(out["forces"].detach()).all(1)
+        if system.order is not None:
+            atoms = atoms[system.order]
+        bad = bad.clone()
+        bad[system.batch[atoms]] = True
+    return torch.nonzero(bad).flatten()[:5].tolist()
+
+
+def _likely_cause(model) -> str:
+    with torch.no_grad():
+        named = list(model.named_parameters()) + list(model.named_buffers())
+        for name, t in named:
+            if t.is_floating_point() and not name.endswith((".C_6", ".R_r")):
+                if not bool(torch.isfinite(t).all()):
+                    return f"the weight {name} holds NaN/inf"
+        top = max(
+            (float(t.abs().max()), name) for name, t in named if t.is_floating_point() and t.numel()
+        )
+    if top[0] > 1e4:
+        return (
+            f"the weights are extreme (|{top[1]}| reaches {top[0]:.3g}): an overflow inside "
+            "the network; check the checkpoint or the edit that changed them"
+        )
+    return (
+        "an overflow inside the network (weights up to "
+        f"|{top[1]}| = {top[0]:.3g}); try precision=64 or check the inputs' units"
+    )
+
+
 def evaluate(
     model,
     system: System,
@@ -237,4 +285,21 @@ def evaluate(
                 out[key] = torch.empty_like(out[key]).index_copy(0, system.order, out[key])
     if not keep_graph:
         out = {k: v.detach() for k, v in out.items()}
+    if not static:  # traced / captured calls cannot synchronise: their callers check
+        check_finite_outputs(model, out, system)
     return out
+
+
+def autograd_allowed():
+    """A context that lets autograd record (forces are dE/dpos) under a caller's
+    ``torch.inference_mode()``; a no-op otherwise."""
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def normal_tensor(t):
+    """``t`` as a tensor autograd can record (a clone of an inference-mode tensor)."""
+    if isinstance(t, Tensor) and t.is_inference():
+        return t.clone()
+    return t

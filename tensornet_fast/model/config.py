@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -60,9 +61,21 @@ class ModelConfig:
             problems.append(f"reduce_op {self.reduce_op!r} not in {REDUCE_OPS}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} (supported: 32, 64)")
-        if not (0 <= self.cutoff_lower < self.cutoff_upper):
-            problems.append(f"cutoffs lower={self.cutoff_lower} upper={self.cutoff_upper}")
+        if not (0 <= self.cutoff_lower < self.cutoff_upper < math.inf):
+            problems.append(
+                f"cutoffs lower={self.cutoff_lower} upper={self.cutoff_upper} (need finite "
+                "0 <= cutoff_lower < cutoff_upper)"
+            )
         if self.embedding_dimension < 2 or self.num_rbf < 1 or self.num_layers < 0:
-            problems.append("embedding_dimension/num_rbf/num_layers out of range")
+            problems.append(
+                f"embedding_dimension={self.embedding_dimension} (>= 2), num_rbf={self.num_rbf}"
+                f" (>= 1), num_layers={self.num_layers} (>= 0)"
+            )
+        if self.max_z < 1:
+            problems.append(f"max_z={self.max_z} (need >= 1: the number of atom types)")
+        if self.box_vecs is not None and (
+            len(self.box_vecs) != 3 or any(len(r) != 3 for r in self.box_vecs)
+        ):
+            problems.append(f"box_vecs {self.box_vecs} (need 3 rows of 3 numbers)")
         if problems:
             raise CheckpointError("unsupported TensorNet hyper-parameters: " + "; ".join(problems))
