@@ -8,15 +8,17 @@ Either way ``out`` is the single source of truth for resume: ids already in it a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .batching import columns
+from ..errors import InputError
 from .progress import Progress, ScreenStats
-from .readers import RawRecord, Record, chunked, detect_format, iter_raw, parse_record
+from .readers import RawRecord, Record, check_inputs, chunked, detect_format, iter_raw, parse_record
 from .worker import ScreenSpec, evaluate_stream, get_model
 from .writer import open_sink
 
@@ -57,8 +59,8 @@ def _prefetch(it: Iterator, maxsize: int) -> Iterator:
         stop.set()
 
 
-def _parse_chunk(raws: list[RawRecord], max_z: int, seed: int) -> list[Record]:
-    return [parse_record(r, max_z, seed) for r in raws]
+def _parse_chunk(raws: list[RawRecord], max_z: int, seed: int, periodic: bool) -> list[Record]:
+    return [parse_record(r, max_z, seed, periodic) for r in raws]
 
 
 def _ignore_sigint() -> None:
@@ -68,7 +70,12 @@ def _ignore_sigint() -> None:
 
 
 def parallel_parse(
-    raws: Iterable[RawRecord], max_z: int, seed: int, n_workers: int, chunk: int = 32
+    raws: Iterable[RawRecord],
+    max_z: int,
+    seed: int,
+    n_workers: int,
+    chunk: int = 32,
+    periodic: bool = False,
 ) -> Iterator[Record]:
     """``parse_record`` over ``n_workers`` processes (RDKit conformer generation is the slow
     part of SMILES inputs), in input order, with a bounded number of chunks in flight."""
@@ -81,7 +88,7 @@ def parallel_parse(
     ) as ex:
         pending: collections.deque = collections.deque()
         for part in chunked(raws, chunk):
-            pending.append(ex.submit(_parse_chunk, part, max_z, seed))
+            pending.append(ex.submit(_parse_chunk, part, max_z, seed, periodic))
             while len(pending) >= 4 * n_workers:
                 yield from pending.popleft().result()
         while pending:
@@ -95,15 +102,18 @@ def default_parse_workers(inputs: Sequence[str]) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _check_inputs(inputs: Sequence[str]) -> None:
-    real = [os.path.realpath(p) for p in inputs]
-    for path, rp in zip(inputs, real):
-        if real.count(rp) > 1:
-            raise ValueError(f"input {path} is given more than once")
-    for path in inputs:
-        detect_format(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input {path} does not exist")
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Finish closing the output even if Ctrl-C is pressed again meanwhile (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda *_: hits.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def screen(
@@ -119,16 +129,24 @@ def screen(
     rows_per_part: int = 100_000,
     parse_workers: int | None = None,
     on_write: Callable[[int], None] | None = None,
+    label: str = "screen",
 ) -> ScreenStats:
-    """Screen ``inputs`` into ``out``; resumable. ``on_write(k)`` runs after the k-th flushed
-    write (tests use it to interrupt a run). KeyboardInterrupt propagates after ``out`` is
-    closed in a valid state. ``parse_workers``: parser processes for a local run (default:
+    """Evaluate every record of ``inputs`` into ``out``; resumable. The one pipeline behind
+    ``tensornet-fast screen`` and ``tensornet-fast energies`` (``spec`` says which columns).
+
+    Inputs that cannot be read at all, and outputs that are an input, a directory or a file
+    this command did not write, raise :class:`~tensornet_fast.InputError` before anything is
+    written. ``on_write(k)`` runs after the k-th flushed write (tests use it to interrupt a
+    run). KeyboardInterrupt propagates after ``out`` is closed in a valid state.
+    ``parse_workers``: parser processes for a local run (default:
     :func:`default_parse_workers`; 0 parses in a thread of this process)."""
     inputs = list(inputs)
-    _check_inputs(inputs)
-    sink = open_sink(out, columns(spec.relax), rows_per_part)
-    stats = ScreenStats(out=out, n_existing=sink.n_existing)
-    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress)
+    check_inputs(inputs)
+    if spec.relax and spec.periodic:
+        raise InputError("relaxation is for molecules: periodic inputs cannot be relaxed here")
+    sink = open_sink(out, spec.columns, rows_per_part, inputs=inputs, geometries=spec.relax)
+    stats = ScreenStats(out=out, n_existing=sink.n_existing, label=label)
+    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress, desc=label)
     writes = 0
 
     def write(rows: list[dict], nbytes: int) -> None:
@@ -161,9 +179,11 @@ def screen(
             if parse_workers is None:
                 parse_workers = default_parse_workers(inputs)
             if parse_workers > 0:
-                parsed = parallel_parse(raws, max_z, spec.seed, parse_workers)
+                parsed = parallel_parse(
+                    raws, max_z, spec.seed, parse_workers, periodic=spec.periodic
+                )
             else:
-                parsed = (parse_record(r, max_z, spec.seed) for r in raws)
+                parsed = (parse_record(r, max_z, spec.seed, spec.periodic) for r in raws)
             records = _prefetch(parsed, maxsize=4096)
             for rows, nbytes in evaluate_stream(records, spec):
                 write(rows, nbytes)
@@ -172,9 +192,11 @@ def screen(
         stats.interrupted = True
         raise
     finally:
-        sink.close()
-        prog.update([], 0)
-        prog.close()
-        stats.n_rows, stats.n_failed = prog.n_rows, prog.n_failed
-        stats.elapsed_s = time.perf_counter() - prog.start
+        with _sigint_deferred():
+            sink.close()
+            prog.update([], 0)
+            prog.close()
+            stats.n_rows, stats.n_failed = prog.n_rows, prog.n_failed
+            stats.n_warned = prog.n_warned
+            stats.elapsed_s = time.perf_counter() - prog.start
     return stats

@@ -49,8 +49,8 @@ def test_energies_on_bundled_molecules_match_load_model(tmp_path):
     for row, atoms in zip(rows, frames):
         assert row["status"] == "ok"
         e, f = model(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions))
-        assert abs(float(row["energy"]) - e.item()) <= 1e-9 * max(1.0, abs(e.item()))
-        assert abs(float(row["fmax"]) - f.norm(dim=1).max().item()) <= 1e-5
+        assert abs(float(row["energy_eV"]) - e.item()) <= 1e-9 * max(1.0, abs(e.item()))
+        assert abs(float(row["fmax_eV_per_A"]) - f.norm(dim=1).max().item()) <= 1e-5
 
 
 def test_filter_mode_option(tmp_path):
@@ -64,7 +64,7 @@ def test_filter_mode_option(tmp_path):
     assert rows["auto"] == rows["tabulated"]
     assert rows["auto"] != rows["exact"]  # two different paths ran
     tol = TOLERANCES[torch.float32]
-    for key, bound in (("energy", tol["energy"]), ("fmax", tol["forces"])):
+    for key, bound in (("energy_eV", tol["energy"]), ("fmax_eV_per_A", tol["forces"])):
         tab, exact = (
             torch.tensor([float(r[key]) for r in rows[m]], dtype=torch.float64)
             for m in ("auto", "exact")
