@@ -16,6 +16,7 @@ venv-runtime:
 
 demo: venv-runtime
 	$(VENV)/bin/tensornet-fast energies
+	@echo "(make demo runs the plain-PyTorch kernels; make test compiles the C++ ones)"
 
 test: lint
 	$(PY) -m pytest -q

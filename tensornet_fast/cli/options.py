@@ -35,7 +35,9 @@ class HelpFormatter(argparse.HelpFormatter):
         if (
             action.option_strings
             and "default" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.default is not None
+            and action.default is not False  # (0 == False: compare by identity)
+            and action.default != argparse.SUPPRESS
         ):
             text += " (default: %(default)s)"
         return text

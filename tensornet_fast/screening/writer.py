@@ -495,11 +495,12 @@ class GeometrySink:
             if geo is None or row["id"] in self.ids:
                 continue
             z, pos = geo
-            name = str(row.get("name") or "").replace('"', "'").replace("\n", " ")
+            name = " ".join(str(row.get("name") or "").replace('"', "'").split())
+            name = f' name="{name}"' if name else ""  # ASE misreads an empty quoted value
             comment = (
-                f'Properties=species:S:1:pos:R:3 id="{row["id"]}" name="{name}" '
-                f"energy_eV={row['relaxed_energy_eV']!r} "
-                f"fmax_eV_per_A={row['relaxed_fmax_eV_per_A']!r} "
+                f'Properties=species:S:1:pos:R:3 id="{row["id"]}"{name} '
+                f"energy_eV={format_value(row['relaxed_energy_eV'])} "
+                f"fmax_eV_per_A={format_value(row['relaxed_fmax_eV_per_A'])} "
                 f'converged={"T" if row["converged"] else "F"} pbc="F F F" {GEOMETRY_MARK}'
             )
             atoms = "".join(
