@@ -142,6 +142,22 @@ def check_numbers(args: argparse.Namespace) -> str | None:
     return None
 
 
+def check_device(device: str) -> str | None:
+    """A message if ``device`` is not a torch device that exists here."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device here (torch {torch.__version__})"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+    return None
+
+
 def spec_kwargs(args: argparse.Namespace) -> dict:
     """ScreenSpec fields shared by energies and screen."""
     return dict(
@@ -166,6 +182,12 @@ def run_job(command: str, inputs, out: str, spec, **kwargs) -> int:
     def say(msg: str) -> None:
         print(f"tensornet-fast {command}: {msg}", file=sys.stderr, flush=True)
 
+    problem = check_device(spec.device)
+    if not out:
+        problem = "--out is empty: give a file name, or - for stdout"
+    if problem:
+        say(problem)
+        return 2
     try:
         stats = screen(inputs, out, spec, label=command, **kwargs)
     except KeyboardInterrupt:
@@ -183,7 +205,11 @@ def run_job(command: str, inputs, out: str, spec, **kwargs) -> int:
     except (InputError, CheckpointError) as exc:
         say(str(exc))
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError, AssertionError, ImportError) as exc:
+        # (torch and backends raise RuntimeError/AssertionError for unusable devices, and a
+        # missing optional package is an ImportError): one line, no traceback, unless asked
+        if os.environ.get("TENSORNET_FAST_TRACEBACK") == "1":
+            raise
         say(f"{type(exc).__name__}: {exc}")
         return 2
     say(stats.summary())

@@ -386,7 +386,7 @@ def _charge(value: object) -> float:
 
 # key=value pairs of an extended-XYZ comment line: value quoted, in braces, or a bare word
 _KEY_VALUE = re.compile(r'(\w+)\s*=\s*("[^"]*"|\{[^}]*\}|\S+)')
-_TRUE = {"T", "TRUE", "1"}
+_FALSE = {"F", "FALSE", "0"}
 _STANDARD_PROPERTIES = "species:S:1:pos:R:3"
 
 
@@ -399,13 +399,10 @@ def _parse_xyz(text: str) -> Parsed:
     n = int(lines[0].split()[0])
     comment = lines[1].strip() if len(lines) > 1 else ""
     pairs = _comment_pairs(comment) if "=" in comment else {}
-    pbc_values = pairs.get("pbc", "").upper().split()
-    any_pbc = any(v in _TRUE for v in pbc_values)
-    if (
-        "lattice" in pairs
-        or any_pbc
-        or pairs.get("properties", _STANDARD_PROPERTIES) != (_STANDARD_PROPERTIES)
-    ):
+    # anything but an all-false pbc (a T, or a value we do not know) is ASE's to read
+    maybe_periodic = any(v not in _FALSE for v in pairs.get("pbc", "").upper().split())
+    standard = pairs.get("properties", _STANDARD_PROPERTIES) == _STANDARD_PROPERTIES
+    if "lattice" in pairs or maybe_periodic or not standard:
         return _parse_extxyz(text)  # cells, extra columns: ASE's extended-XYZ reader
     z = np.empty(n, dtype=np.int64)
     pos = np.empty((n, 3), dtype=np.float64)
