@@ -76,10 +76,10 @@ class Progress:
             self._last_log = time.perf_counter()
             frac = min(self.bytes / self.total, 1.0)
             elapsed = self._last_log - self.start
-            eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+            eta = f"{elapsed * (1 - frac) / frac:.0f} s" if frac > 0 else "unknown"
             print(
                 f"{self.desc}: {self.n_rows} structures ({self.n_failed} failed), "
-                f"{self.rate():.1f} structures/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
+                f"{self.rate():.1f} structures/s, {100 * frac:.1f}% of input, ETA {eta}",
                 file=self.stream,
                 flush=True,
             )

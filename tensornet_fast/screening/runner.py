@@ -165,9 +165,9 @@ def screen(
     check_inputs(inputs)
     if spec.relax and spec.periodic:
         raise InputError("relaxation is for molecules: periodic inputs cannot be relaxed here")
+    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress, desc=label)
     sink = open_sink(out, spec.columns, rows_per_part, inputs=inputs, geometries=spec.relax)
     stats = ScreenStats(out=out, n_existing=sink.n_existing, label=label)
-    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress, desc=label)
     writes = 0
 
     def write(rows: list[dict], nbytes: int) -> None:

@@ -294,13 +294,15 @@ class StreamSink:
         self.n_existing = 0
         self._own = path != "-"
         self._fh = open(path, "w", newline="") if self._own else sys.stdout
-        self._writer = csv.writer(self._fh, lineterminator="\n")
-        self._writer.writerow(self.columns)
+        self._fh.write(",".join(self.columns) + "\n")
         self._fh.flush()
 
     def write(self, rows: Sequence[dict]) -> None:
+        buf = io.StringIO()  # whole rows only, one write per batch
+        w = csv.writer(buf, lineterminator="\n")
         for row in rows:
-            self._writer.writerow([format_value(row.get(c)) for c in self.columns])
+            w.writerow([format_value(row.get(c)) for c in self.columns])
+        self._fh.write(buf.getvalue())
         self._fh.flush()
 
     def close(self) -> None:

@@ -165,3 +165,26 @@ def test_export_never_overwrites_foreign_files_and_prints_stages(tmp_path, monke
         "m.pt2",
         "notes.pt2",
     ]
+
+
+def test_info_elements_line_names_trained_elements_by_symbol():
+    """``TensorNetModel.elements`` (atomic numbers the model was trained on, or None) is shown
+    by symbol; a stand-in model, so the line is tested before the model side has it."""
+    from types import SimpleNamespace
+
+    from tensornet_fast.cli.info import elements_line
+
+    config = SimpleNamespace(max_z=18)
+    trained = SimpleNamespace(config=config, elements=(8, 1, 6, 17))
+    assert elements_line(trained) == "H C O Cl (trained on; atomic numbers 1..17 accepted)"
+    unknown = SimpleNamespace(config=config, elements=None)
+    assert elements_line(unknown).startswith("not recorded in the checkpoint")
+
+
+def test_unusable_device_is_one_message(capsys):
+    assert main(["energies", "--device", "gpu0", "--progress", "none"]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["energies", "--device", "cuda", "--progress", "none"]) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and "Traceback" not in err
