@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -184,6 +185,7 @@ def export_model(
     charge: float = 0.0,
     precision: int | None = None,
     verbose: bool = False,
+    log: Callable[[str], None] | None = None,
     **load_kwargs: Any,
 ) -> str:
     """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``).
@@ -200,6 +202,8 @@ def export_model(
             ``examples/cpp/run_exported.cpp`` checks it).
         charge: total charge, baked in, for models trained with ``charge: true``.
         precision: 32 or 64 to convert a checkpoint on load (default: the checkpoint's).
+        log: called with a line as each stage starts and ends, with elapsed seconds
+            (``tensornet-fast export`` prints them: compilation takes minutes).
         **load_kwargs: passed to :func:`load_model` (e.g. ``layout=``).
 
     Returns the package path. Takes ~10-60 s of compilation on CPU (a C++ compiler is needed
@@ -207,6 +211,12 @@ def export_model(
     """
     if precision not in (None, 32, 64):
         raise InputError(f"precision must be 32, 64 or None, got {precision!r}")
+    t_start = time.perf_counter()
+
+    def stage(msg: str) -> None:
+        if log is not None:
+            log(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")
+
     if isinstance(model_or_path, TensorNetModel):
         model = model_or_path
         if precision is not None:
@@ -218,16 +228,20 @@ def export_model(
         )
     if model.device.type != "cpu":
         raise InputError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
+    stage("model loaded; tracing energy and forces (make_fx)")
     t0 = time.perf_counter()
     module = trace_model(model, periodic=periodic, images=images, charge=charge)
     t1 = time.perf_counter()
+    stage("traced; exporting the graph (torch.export)")
     program = export_program(module, model)
     t2 = time.perf_counter()
+    stage("exported; compiling C++ with AOTInductor (the long stage: minutes on 2 cores)")
     out_path = os.fspath(out_path)
     meta = metadata(model, periodic, images, charge)
     path = torch._inductor.aoti_compile_and_package(
         program, package_path=out_path, inductor_configs={"aot_inductor.metadata": meta}
     )
+    stage(f"compiled and packaged: {path}")
     if verbose:
         t3 = time.perf_counter()
         print(
