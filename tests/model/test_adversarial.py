@@ -172,6 +172,7 @@ def test_cache_keeps_old_storages_alive(small):
     model = tnf.load_model(small)
     z, pos, batch = molecule_batch(dtype=torch.float32)
     model(z, pos, batch)
+
     def floats(tensors):  # integer buffers are not converted by .to(dtype): same storage
         return {t.data_ptr() for t in tensors if t.is_floating_point() and t.numel()}
 
