@@ -12,6 +12,7 @@ from torch import Tensor
 from ..backends import warn_once
 from ..errors import InputError
 from ..neighbors import box_per_molecule
+from .elements import element_rows
 
 
 @dataclasses.dataclass
@@ -19,7 +20,7 @@ class System:
     """Checked inputs of one call, atoms sorted by molecule (the order every search and
     reduction assumes)."""
 
-    z: Tensor  # [N] int64 atom types
+    z: Tensor  # [N] int64 atom types (embedding rows: atomic numbers mapped for matgl models)
     pos: Tensor  # [N, 3] positions in the model's dtype (sorted; keeps the caller's graph)
     batch: Tensor  # [N] int64 molecule index, non-decreasing
     n_mol: int
@@ -53,6 +54,8 @@ def check_atoms(model, z: Tensor, pos: Tensor, batch: Tensor | None, q: Tensor |
         bad = torch.nonzero(~torch.isfinite(pos).all(1)).flatten()[:5].tolist()
         raise InputError(f"positions contain NaN or inf (atoms {bad})")
     z = z.long()
+    if model.config.element_types is not None:  # z are atomic numbers: map them to rows
+        z = element_rows(model.config.element_types, z)
     max_z = model.config.max_z
     out_of_range = (z < 0) | (z >= max_z)
     if bool(out_of_range.any()):

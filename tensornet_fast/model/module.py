@@ -18,7 +18,7 @@ from ..errors import CheckpointError, InputError
 from ..neighbors import NeighborList
 from .assembly import SearchEdges, evaluate, max_cutoff
 from .config import ModelConfig
-from .formats.torchmdnet import load_checkpoint
+from .formats import read_model
 from .inputs import default_box, prepare_system
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
 
@@ -243,13 +243,19 @@ def load_model(
     backend: str | Backend = "auto",
     layout: str = "auto",
     filter_mode: str = "auto",
+    matgl_convention: int | str = "auto",
     **overrides: Any,
 ) -> TensorNetModel:
-    """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
+    """Load a torchmd-net TensorNet checkpoint (``.ckpt``), a plain state dict or a matgl
+    TensorNet model folder.
 
     Args:
-        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), or an already
-            loaded checkpoint/state-dict mapping.
+        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), an already
+            loaded checkpoint/state-dict mapping, a matgl model folder (``model.json``,
+            ``model.pt``, ``state.pt``; docs/matgl.md) or ``"matgl:<name>"`` (a pretrained
+            model matgl has downloaded into its cache, e.g.
+            ``"matgl:TensorNet-MatPES-PBE-v2025.1-PES"``). matgl models take atomic numbers
+            as ``z`` and give eV and Angstrom.
         device: where the model lives.
         derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` (see
@@ -268,12 +274,16 @@ def load_model(
             >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
             the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all
             others as blocked: files from torchmd-net 2.6.2 need ``layout="interleaved"``.
+        matgl_convention: embedding convention of a matgl folder: ``"auto"`` (TensorNet
+            ``@model_version`` 1, i.e. matgl <= 2.1 and every pretrained folder: 1; else 2),
+            ``1`` or ``2``. ``model.config.embedding_convention`` says which was used.
         **overrides: hyper-parameters replacing the file's (e.g. ``precision=64`` to run in
-            float64, ``remove_ref_energy=False`` to add the Atomref energies back).
+            float64, ``remove_ref_energy=False`` to add the Atomref energies back; matgl
+            folders take ``precision`` only).
     """
     if isinstance(path, str) and path in NAMED_MODELS:
         path = NAMED_MODELS[path]
-    config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
+    config, state, source = read_model(path, layout, matgl_convention, overrides)
     model = build_model(
         config,
         state,
@@ -282,4 +292,5 @@ def load_model(
         filter_mode=filter_mode,
         device=device,
     )
+    model.source = source
     return model.to(device)
