@@ -17,5 +17,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==${TNF_TORCH_VERSION:-2.13.0}"
   "${pip[@]}" install setuptools setuptools_scm wheel pybind11
   "${pip[@]}" install --no-build-isolation -e "$root[test]"
+  # matgl 2.0.4, the oracle of version-1 matgl folders (tests/matgl_oracle.py): it pins
+  # torch <= 2.7 but runs on this torch from its unpacked wheel, in a subprocess of its own.
+  old="$venv/oracles/matgl-2.0.4"
+  if [ ! -d "$old/matgl" ]; then
+    tmp=$(mktemp -d)
+    "${pip[@]}" download --no-deps -d "$tmp" matgl==2.0.4
+    "$venv/bin/python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+      "$tmp"/matgl-2.0.4-*.whl "$old"
+    rm -rf "$tmp"
+  fi
   echo "$want" > "$stamp"
 fi

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 GPA = 160.21766208  # matgl's eV/A^3 -> GPa
@@ -121,27 +122,39 @@ def _make(spec: dict) -> None:
     pot.save(spec["folder"])
 
 
+_WARP: dict = {}
+
+
 def _evaluate(entry: dict) -> list[dict]:
     import matgl
     import numpy as np
     from ase import Atoms
     from matgl.apps.pes import Potential
 
-    if entry.get("dtype", 64) == 64:
-        matgl.set_default_dtype("float", 64)
-    if matgl.__version__.startswith("4") and not entry.get("warp", False):
+    matgl.set_default_dtype("float", entry.get("dtype", 64))
+    if matgl.__version__.startswith("4"):
         import matgl.models._tensornet as tn
 
-        tn._warp_available = False  # the plain PyG path: the reference implementation
+        # the plain PyG path (the reference implementation) unless the folder is a Warp one
+        _WARP.setdefault("available", tn._warp_available)
+        tn._warp_available = _WARP["available"] and bool(entry.get("warp", False))
     try:
         from matgl.ext.ase import Atoms2Graph
     except ImportError:  # matgl 2.0.x
         from matgl.ext._ase_pyg import Atoms2Graph
-    pot = Potential.load(entry["folder"])
+    with open(os.path.join(entry["folder"], "model.json")) as fh:
+        wrapped = json.load(fh)["@class"] == "Potential"
+    if wrapped:
+        pot = Potential.load(entry["folder"])
+    else:  # a bare TensorNet: E = sum of its atomic energies
+        from matgl.models import TensorNet
+
+        pot = Potential(model=TensorNet.load(entry["folder"]))
     if entry.get("dtype", 64) == 64:
         pot = pot.double()
     pot.calc_stresses = True
     out = []
+    t0 = time.perf_counter()
     for s in entry["structures"]:
         atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=s["pbc"])
         g, lat, state = Atoms2Graph(pot.model.element_types, pot.model.cutoff).get_graph(atoms)
@@ -157,6 +170,10 @@ def _evaluate(entry: dict) -> list[dict]:
                 "n_edges": int(g.edge_index.shape[1]),
             }
         )
+    print(
+        f"{entry['folder']} float{entry.get('dtype', 64)}: {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     return out
 
 

@@ -21,7 +21,11 @@ def add_arguments_energies(p: argparse.ArgumentParser) -> None:
         help="structure files ASE can read (xyz, extxyz, sdf, pdb, ...); "
         "default: the bundled molecule set",
     )
-    p.add_argument("--model", default="default", help="checkpoint path or 'default' (bundled)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint path, matgl model folder, 'matgl:<name>' or 'default' (bundled)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", help=BACKEND_HELP)
     _add_filter_mode(p)
@@ -67,7 +71,9 @@ def run_energies(args: argparse.Namespace) -> int:
         z = torch.as_tensor(atoms.numbers, dtype=torch.long, device=args.device)
         pos = torch.as_tensor(atoms.positions, dtype=model.dtype, device=args.device)
         box = None
-        if atoms.pbc.any():
+        # matgl computes pbc short of all True as a molecule (its own calculator's rule)
+        matgl_molecule = model.config.source_format == "matgl" and not atoms.pbc.all()
+        if atoms.pbc.any() and not matgl_molecule:
             box = torch.as_tensor(atoms.cell.array, dtype=model.dtype, device=args.device)
         row = [ident, atoms.get_chemical_formula(), len(atoms)]
         try:

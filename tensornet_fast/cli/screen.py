@@ -17,7 +17,11 @@ def add_arguments_screen(p: argparse.ArgumentParser) -> None:
         ".smi/.smiles/.txt (one SMILES per line, optional name; 3D conformers by "
         "RDKit ETKDG with hydrogens); read streaming",
     )
-    p.add_argument("--model", default="default", help="checkpoint path or 'default' (bundled)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint path, matgl model folder, 'matgl:<name>' or 'default' (bundled)",
+    )
     p.add_argument(
         "--out",
         required=True,

@@ -291,12 +291,28 @@ def _parse_smiles(text: str, seed: int) -> tuple[str, np.ndarray, np.ndarray, in
     return name, z, pos, Chem.GetFormalCharge(mol)
 
 
-def validate(z: np.ndarray, pos: np.ndarray, max_z: int) -> str | None:
-    """The model's own input checks, per record, so one bad record never reaches a batch."""
+def allowed_species(config) -> int | tuple[str, ...]:
+    """What ``validate`` checks z against: the model's element list (matgl models, z atomic
+    numbers) or its ``max_z`` (z < max_z)."""
+    return config.element_types if config.element_types is not None else config.max_z
+
+
+def validate(z: np.ndarray, pos: np.ndarray, max_z: int | tuple[str, ...]) -> str | None:
+    """The model's own input checks, per record, so one bad record never reaches a batch.
+    ``max_z``: ``allowed_species(model.config)``."""
     if z.shape[0] == 0:
         return "empty structure (no atoms)"
     if not np.isfinite(pos).all():
         return "positions contain NaN or inf"
+    if isinstance(max_z, tuple):
+        from ..model.elements import NUMBERS, symbol
+
+        known = {NUMBERS[s] for s in max_z}
+        missing = sorted({int(v) for v in z.tolist()} - known)
+        if missing:
+            names = ", ".join(symbol(v) for v in missing[:5])
+            return f"element(s) {names} not in the model's element_types"
+        max_z = 10**9
     bad = z[(z < 0) | (z >= max_z)]
     if bad.size:
         bad_z = sorted(set(bad.tolist()))[:5]
@@ -306,7 +322,7 @@ def validate(z: np.ndarray, pos: np.ndarray, max_z: int) -> str | None:
     return None
 
 
-def parse_record(raw: RawRecord, max_z: int, seed: int = 0) -> Record:
+def parse_record(raw: RawRecord, max_z: int | tuple[str, ...], seed: int = 0) -> Record:
     """Parse and validate one framed record; failures become ``Record.error``, never raise."""
     if raw.error is not None:
         return Record(raw.id, "", None, None, raw.nbytes, short_error(raw.error))

@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .batching import columns
 from .progress import Progress, ScreenStats
-from .readers import RawRecord, Record, chunked, detect_format, iter_raw, parse_record
+from .readers import (
+    RawRecord,
+    Record,
+    allowed_species,
+    chunked,
+    detect_format,
+    iter_raw,
+    parse_record,
+)
 from .worker import ScreenSpec, evaluate_stream, get_model
 from .writer import open_sink
 
@@ -157,7 +165,7 @@ def screen(
         else:
             model = get_model(spec)
             prog.start = time.perf_counter()  # throughput excludes loading the model
-            max_z = model.config.max_z
+            max_z = allowed_species(model.config)
             if parse_workers is None:
                 parse_workers = default_parse_workers(inputs)
             if parse_workers > 0:

@@ -228,7 +228,6 @@ def radial_basis_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tenso
     a ~150 MB lazy import and many small ops)."""
     lo, hi = config.cutoff_lower, config.cutoff_upper
     phi, dphi = cutoff_and_derivative(d, lo, hi)
-    rbf = rep.distance_expansion
     dd = d[:, None]
     if config.rbf_type == "smooth_bessel":
         w, b = smooth_bessel_terms(config.num_rbf, hi, d)
@@ -236,6 +235,7 @@ def radial_basis_jvp(rep, config: ModelConfig, d: Tensor) -> tuple[Tensor, Tenso
         s = _sinc(x)
         ds = _sinc_slope(x, s) * w  # d sinc(w d) / dd
         return s @ b.t(), ds @ b.t(), phi[:, None], dphi[:, None]
+    rbf = rep.distance_expansion
     if config.rbf_type == "expnorm":
         alpha = 5.0 / (hi - lo)
         env, denv = cutoff_and_derivative(dd, 0.0, hi)
