@@ -53,6 +53,17 @@ else
   "${pip[@]}" install setuptools_scm pybind11 ninja
   say "installing tensornet_fast with the test extras and compiling its C++ kernels (minutes)"
   "${pip[@]}" install --no-build-isolation -e "$root[test]"
+  # matgl 2.0.4, the oracle of version-1 matgl folders (tests/matgl_oracle.py): it pins
+  # torch <= 2.7 but runs on this torch from its unpacked wheel, in a subprocess of its own.
+  old="$venv/oracles/matgl-2.0.4"
+  if [ ! -d "$old/matgl" ]; then
+    say "unpacking the matgl 2.0.4 wheel (test oracle of version-1 matgl folders)"
+    tmp=$(mktemp -d)
+    "${pip[@]}" download --no-deps -d "$tmp" matgl==2.0.4
+    "$venv/bin/python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+      "$tmp"/matgl-2.0.4-*.whl "$old"
+    rm -rf "$tmp"
+  fi
   echo "$want" > "$test_stamp"
 fi
 say "venv ready ($level)"

@@ -18,7 +18,9 @@ UNRECORDED_UNITS = (
 
 def add_arguments_info(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default="default", help="checkpoint (.ckpt) path, or 'default' (bundled)"
+        "--model",
+        default="default",
+        help="checkpoint (.ckpt) path, matgl model folder, 'matgl:<name>' or 'default' (bundled)",
     )
     add_layout(p)
 
@@ -37,8 +39,11 @@ def elements_line(model) -> str:
     was trained on, or None when the checkpoint does not say)."""
     from ..screening.elements import symbols
 
-    accepted = f"atomic numbers 1..{model.config.max_z - 1} accepted"
     trained = getattr(model, "elements", None)
+    if model.config.element_types is not None:  # matgl: z are atomic numbers of this list
+        names = " ".join(symbols(sorted(int(z) for z in trained)))
+        return f"{names} (the model's element list; other elements are refused)"
+    accepted = f"atomic numbers 1..{model.config.max_z - 1} accepted"
     if trained is None:
         return f"not recorded in the checkpoint ({accepted})"
     return f"{' '.join(symbols(sorted(int(z) for z in trained)))} (trained on; {accepted})"
@@ -59,7 +64,13 @@ def info_rows(model, name: str) -> list[tuple[str, str]]:
             f"TensorNet {c.equivariance_invariance_group}: {c.embedding_dimension} channels, "
             f"{c.num_layers} layers, {c.num_rbf} {c.rbf_type} radial functions, {c.activation}",
         ),
-        ("units", BUNDLED_UNITS if _is_bundled(name) else UNRECORDED_UNITS),
+        ("format", getattr(model, "source", c.source_format)),
+        *(
+            [("embedding convention", f"{c.embedding_convention} (docs/matgl.md)")]
+            if c.source_format == "matgl"
+            else []
+        ),
+        ("units", _units(c, name)),
         ("elements", elements_line(model)),
         (
             "cutoff",
@@ -77,6 +88,13 @@ def info_rows(model, name: str) -> list[tuple[str, str]]:
             f"{', '.join(available_backends())}",
         ),
     ]
+
+
+def _units(c, name: str) -> str:
+    if c.energy_unit is not None:  # the file records them (matgl)
+        e, a = c.energy_unit, c.length_unit
+        return f"energy {e}, forces {e}/{a}, stress {e}/{a}^3"
+    return BUNDLED_UNITS if _is_bundled(name) else UNRECORDED_UNITS
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

@@ -66,7 +66,10 @@ def add_layout(p: argparse.ArgumentParser) -> None:
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", default="default", help="checkpoint (.ckpt) path, or 'default' (bundled)"
+        "--model",
+        default="default",
+        help="torchmd-net checkpoint (.ckpt) path, matgl model folder, 'matgl:<name>', or "
+        "'default' (bundled; the default)",
     )
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     g.add_argument("--backend", default="auto", help=BACKEND_HELP)

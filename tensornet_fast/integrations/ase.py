@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ..backends import warn_once
 from ..errors import InputError
 from ..model import TensorNetModel, load_model
 
@@ -39,8 +40,10 @@ class TensorNetCalculator(Calculator):
     ``precision=64``). ``charge`` is the total charge of the system for models trained with
     ``charge: true`` (``atoms.info["charge"]`` overrides it).
 
-    Periodic systems need ``pbc`` all True (the model has no mixed boundary conditions); cutoffs
-    larger than half the cell are exact (every image counts).
+    Periodic systems need ``pbc`` all True (the model has no mixed boundary conditions; matgl
+    models compute mixed ``pbc`` as a molecule, as matgl does, with a warning); cutoffs larger
+    than half the cell are exact (every image counts). matgl models give eV, eV/A and eV/A^3
+    (ASE's units; matgl's own calculator defaults to GPa).
 
     Threads: one calculator may be shared by several threads; its calls are serialised by a
     lock (ASE calculators keep the last atoms and results as state, so unserialised calls
@@ -146,7 +149,16 @@ class TensorNetCalculator(Calculator):
         pos = torch.as_tensor(atoms.positions / self.length_unit, dtype=dtype, device=self.device)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if pbc.any() and not pbc.all():
-            raise InputError(f"mixed periodicity {pbc.tolist()} is not supported: use all or none")
+            if self.model.config.source_format != "matgl":
+                raise InputError(
+                    f"mixed periodicity {pbc.tolist()} is not supported: use all or none"
+                )
+            # matgl's own calculator treats any pbc short of all True as a molecule
+            warn_once(
+                "matgl-mixed-pbc",
+                f"mixed periodicity {pbc.tolist()}: computed as a molecule (no periodic "
+                "images), as matgl does for its models",
+            )
         box = None
         if pbc.all():
             box = torch.as_tensor(

@@ -110,6 +110,13 @@ def trace_model(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     check_traceable(model, "export")
+    if model.config.element_types is not None:
+        # The exported graph takes z as embedding rows; a host would have to map atomic numbers
+        # to matgl's element_types itself, and an unknown element would index out of range.
+        raise InputError(
+            "export of models with an element list (matgl models) is not supported: the "
+            "exported program would take embedding rows, not atomic numbers"
+        )
     if model.backend != "reference":
         # The Triton kernels are Python custom ops: an AOTInductor package holding them cannot
         # run from C++ without Python. The reference math decomposes to aten.

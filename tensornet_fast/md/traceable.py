@@ -15,7 +15,8 @@ Edges may carry MORE pairs than the cutoff (Verlet candidates, padding): every c
 edge is multiplied by the cosine cutoff phi(d), which is exactly 0 (value and gradient) for
 d >= cutoff_upper and, with a lower cutoff, for d <= cutoff_lower, so extra edges add exact zeros
 and the sums keep their order (edges sorted by receiver). Padding edges (``valid == False``) get
-a constant vector of length ``2 * max_cutoff + 1`` that does not depend on the positions. Pair
+a constant vector of length ``2 * max_cutoff + 1`` that does not depend on the positions (so do
+the self-loops of models without them, matgl's: the searches list one per atom). Pair
 priors (ZBL, D2) select their pairs with explicit masks. This is what makes the results equal
 those of the eager model (which passes exactly the pairs within the cutoff) to rounding.
 """
@@ -71,11 +72,15 @@ def edge_geometry(
     else:
         zero_shift = torch.ones_like(i, dtype=torch.bool)
     is_self = (i == j) & zero_shift
-    if edges.valid is not None:
+    valid = edges.valid
+    if not model.config.self_loops:
+        # A model without self-loops (matgl's) takes a listed self-loop as padding: exact zeros.
+        valid = ~is_self if valid is None else valid & ~is_self
+    if valid is not None:
         far = torch.zeros(1, 3, dtype=pos.dtype, device=pos.device)
         far[0, 0] = 2.0 * max_cutoff(model) + 1.0
-        vec = torch.where(edges.valid[:, None], vec, far)
-        is_self = is_self & edges.valid
+        vec = torch.where(valid[:, None], vec, far)
+        is_self = is_self & valid
     return vec, safe_norm(vec, is_self), is_self, zero_shift
 
 

@@ -50,8 +50,8 @@ def has_pair_priors(model) -> bool:
 class SearchEdges:
     """Eager edges: one radius graph (compiled cell list) per call, searched up to the largest
     cutoff of the network and its pair priors. The network gets exactly the pairs within
-    [cutoff_lower, cutoff_upper) plus one self-loop per atom; the pair priors pick theirs from
-    the same list by distance."""
+    [cutoff_lower, cutoff_upper) plus one self-loop per atom (none for models without
+    ``self_loops``: matgl's); the pair priors pick theirs from the same list by distance."""
 
     def __init__(self, model, batch: Tensor):
         c = model.config
@@ -59,10 +59,11 @@ class SearchEdges:
         self.cutoff = max_cutoff(model)
         self.lower = 0.0 if has_pair_priors(model) else c.cutoff_lower
         self.network_range = (c.cutoff_lower, c.cutoff_upper)
+        self.loop = c.self_loops
 
     def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
         nl = radius_graph_full(
-            positions, self.cutoff, self.batch, cell, loop=True, cutoff_lower=self.lower
+            positions, self.cutoff, self.batch, cell, loop=self.loop, cutoff_lower=self.lower
         )
         reject_coincident(nl)
         lo, hi = self.network_range

@@ -1,4 +1,6 @@
-"""Element symbols, and the set of elements a model was trained on (its domain).
+"""Element symbols, the set of elements a model was trained on (its domain), and the
+atomic-number -> embedding-row table of models that carry an element list (matgl's
+``element_types``).
 
 Where the trained set comes from, first match wins (``trained_elements``):
 
@@ -13,12 +15,14 @@ Where the trained set comes from, first match wins (``trained_elements``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 # fmt: off
 SYMBOLS = (
@@ -32,6 +36,7 @@ SYMBOLS = (
     "Nh", "Fl", "Mc", "Lv", "Ts", "Og",
 )
 # fmt: on
+NUMBERS = {s: z for z, s in enumerate(SYMBOLS) if z}
 
 
 def symbol(z: int) -> str:
@@ -91,3 +96,31 @@ def trained_elements(
             if bool(nonzero.any()) and not bool(nonzero.all()):
                 return tuple(int(z) + 1 for z in torch.nonzero(nonzero).flatten().tolist())
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _row_table(element_types: tuple[str, ...]) -> Tensor:
+    """[119] int64: the embedding row of each atomic number, -1 where the model has none."""
+    unknown = [s for s in element_types if s not in NUMBERS]
+    if unknown:
+        raise CheckpointError(f"element_types holds unknown chemical symbols {unknown}")
+    table = torch.full((len(SYMBOLS),), -1, dtype=torch.long)
+    for row, s in enumerate(element_types):
+        table[NUMBERS[s]] = row
+    return table
+
+
+def element_rows(element_types: tuple[str, ...], z: Tensor) -> Tensor:
+    """Embedding rows [N] of atomic numbers ``z`` [N]; ``InputError`` naming every element the
+    model does not have."""
+    table = _row_table(tuple(element_types)).to(z.device)
+    inside = (z > 0) & (z < table.shape[0])
+    rows = torch.where(inside, table[z.clamp(0, table.shape[0] - 1)], torch.full_like(z, -1))
+    if bool((rows < 0).any()):
+        bad = [symbol(int(v)) for v in torch.unique(z[rows < 0])[:10].tolist()]
+        shown = " ".join(element_types[:10]) + (" ..." if len(element_types) > 10 else "")
+        raise InputError(
+            f"elements {', '.join(bad)} are not in this model's element_types "
+            f"({len(element_types)}: {shown}); z must be atomic numbers of those elements"
+        )
+    return rows

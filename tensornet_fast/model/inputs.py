@@ -14,7 +14,7 @@ from torch import Tensor
 from ..errors import DomainWarning, InputError
 from ..neighbors import box_per_molecule
 from ..neighbors.graph import check_molecule_count, check_positions
-from .elements import symbol, symbols
+from .elements import element_rows, symbol, symbols
 
 
 @dataclasses.dataclass
@@ -22,7 +22,7 @@ class System:
     """Checked inputs of one call, atoms sorted by molecule (the order every search and
     reduction assumes)."""
 
-    z: Tensor  # [N] int64 atom types
+    z: Tensor  # [N] int64 atom types (embedding rows: atomic numbers mapped for matgl models)
     pos: Tensor  # [N, 3] positions in the model's dtype (sorted; keeps the caller's graph)
     batch: Tensor  # [N] int64 molecule index, non-decreasing
     n_mol: int
@@ -84,6 +84,8 @@ def check_atoms(model, z, pos, batch, q):
             raise InputError(f"{name} is on {t.device} but the model is on {model.device}")
     check_positions(pos)
     z = z.long()
+    if model.config.element_types is not None:  # z are atomic numbers: map them to rows
+        z = element_rows(model.config.element_types, z)
     max_z = model.config.max_z
     out_of_range = (z < 0) | (z >= max_z)
     if bool(out_of_range.any()):
@@ -113,7 +115,9 @@ def check_domain(model, z: Tensor, q) -> None:
     """Warn (``DomainWarning``) once per model and new set of problems when the input lies
     outside what the model was trained on (``TensorNetModel.domain_issues``)."""
     outside = None
-    if model.elements is not None:
+    # z are embedding rows here; a model with an element list (matgl) took atomic numbers and
+    # refused other elements in check_atoms
+    if model.elements is not None and model.config.element_types is None:
         mask = model.__dict__.get("_trained_mask")
         if mask is None or mask.device != z.device:
             mask = torch.zeros(model.config.max_z, dtype=torch.bool, device=z.device)

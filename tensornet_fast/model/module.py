@@ -20,7 +20,7 @@ from ..neighbors import NeighborList
 from .assembly import SearchEdges, autograd_allowed, evaluate, max_cutoff, normal_tensor
 from .config import ModelConfig
 from .elements import symbol, symbols
-from .formats.torchmdnet import read_checkpoint
+from .formats import read_model
 from .inputs import default_box, prepare_system
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
 
@@ -117,7 +117,8 @@ class TensorNetModel(nn.Module):
         itself (``InputError``), not listed here."""
         zs = sorted({int(v) for v in torch.as_tensor(z).reshape(-1).tolist()})
         issues = []
-        if self.elements is not None:
+        # a model with an element list (matgl) refuses other elements (InputError)
+        if self.elements is not None and self.config.element_types is None:
             known = symbols(self.elements)
             for v in zs:
                 if 0 <= v < self.config.max_z and v not in self.elements:
@@ -295,13 +296,19 @@ def load_model(
     layout: str = "auto",
     filter_mode: str = "auto",
     trust_pickle: bool = False,
+    matgl_convention: int | str = "auto",
     **overrides: Any,
 ) -> TensorNetModel:
-    """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
+    """Load a torchmd-net TensorNet checkpoint (``.ckpt``), a plain state dict or a matgl
+    TensorNet model folder.
 
     Args:
-        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), or an already
-            loaded checkpoint/state-dict mapping.
+        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), an already
+            loaded checkpoint/state-dict mapping, a matgl model folder (``model.json``,
+            ``model.pt``, ``state.pt``; docs/matgl.md) or ``"matgl:<name>"`` (a pretrained
+            model matgl has downloaded into its cache, e.g.
+            ``"matgl:TensorNet-MatPES-PBE-v2025.1-PES"``). matgl models take atomic numbers
+            as ``z`` and give eV and Angstrom.
         device: where the model lives.
         derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` (see
@@ -324,9 +331,12 @@ def load_model(
             pickle names: only for files you trust). By default the file is read with
             ``weights_only=True`` and an allow-list of the types torchmd-net / Lightning
             checkpoints hold; anything else is refused with ``CheckpointError`` before it runs.
+        matgl_convention: embedding convention of a matgl folder: ``"auto"`` (TensorNet
+            ``@model_version`` 1, i.e. matgl <= 2.1 and every pretrained folder: 1; else 2),
+            ``1`` or ``2``. ``model.config.embedding_convention`` says which was used.
         **overrides: hyper-parameters replacing the file's (e.g. ``precision=64`` to run in
-            float64, ``remove_ref_energy=False`` to add the Atomref energies back); a bad
-            value raises ``InputError`` naming it.
+            float64, ``remove_ref_energy=False`` to add the Atomref energies back; matgl
+            folders take ``precision`` only); a bad value raises ``InputError`` naming it.
 
     The returned model knows the elements it was trained on (``model.elements``: from the
     checkpoint's ``elements`` entry or its Atomref table; None when unknown) and warns once per
@@ -336,8 +346,9 @@ def load_model(
         raise InputError(f"trust_pickle must be True or False, got {trust_pickle!r}")
     if isinstance(path, str) and path in NAMED_MODELS:
         path = NAMED_MODELS[path]
-    ckpt = read_checkpoint(path, layout=layout, overrides=overrides, trust_pickle=trust_pickle)
-    config, state = ckpt.config, ckpt.state
+    config, state, source, elements = read_model(
+        path, layout, matgl_convention, overrides, trust_pickle=trust_pickle
+    )
     device = _device(device)
     model = build_model(
         config,
@@ -347,5 +358,6 @@ def load_model(
         filter_mode=filter_mode,
         device=device,
     )
-    model.elements = ckpt.elements
+    model.elements = elements
+    model.source = source
     return model.to(device)

@@ -549,10 +549,20 @@ def _parse_smiles(text: str, seed: int) -> Parsed:
     return Parsed(name, z, pos, float(Chem.GetFormalCharge(mol)))
 
 
+def allowed_species(config) -> int | tuple[str, ...]:
+    """What ``validate`` checks z against: the model's element list (matgl models, z atomic
+    numbers) or its ``max_z`` (z < max_z)."""
+    return config.element_types if config.element_types is not None else config.max_z
+
+
 def validate(
-    z: np.ndarray, pos: np.ndarray, max_z: int, cell: np.ndarray | None = None
+    z: np.ndarray,
+    pos: np.ndarray,
+    max_z: int | tuple[str, ...],
+    cell: np.ndarray | None = None,
 ) -> str | None:
-    """The model's own input checks, per record, so one bad record never reaches a batch."""
+    """The model's own input checks, per record, so one bad record never reaches a batch.
+    ``max_z``: ``allowed_species(model.config)``."""
     if z.shape[0] == 0:
         return "empty structure (no atoms)"
     if pos.shape != (z.shape[0], 3):
@@ -562,10 +572,17 @@ def validate(
     not_elements = sorted(set(z[(z < 1) | (z > MAX_ELEMENT)].tolist()))[:5]
     if not_elements:
         return f"atomic number(s) {not_elements} are not elements (1..{MAX_ELEMENT})"
-    bad = sorted(set(z[z >= max_z].tolist()))[:5]
+    if isinstance(max_z, tuple):  # the model's element list (matgl's element_types)
+        from ..model.elements import NUMBERS
+
+        bad = sorted({int(v) for v in z.tolist()} - {NUMBERS[s] for s in max_z})[:5]
+        where = "not in the model's element_types"
+    else:
+        bad = sorted(set(z[z >= max_z].tolist()))[:5]
+        where = f"outside the model's atomic numbers 1..{max_z - 1}"
     if bad:
         names = ", ".join(f"{s} (Z={b})" for s, b in zip(symbols(bad), bad))
-        return f"element(s) {names} outside the model's atomic numbers 1..{max_z - 1}"
+        return f"element(s) {names} {where}"
     if z.shape[0] > 1 and np.unique(pos, axis=0).shape[0] < z.shape[0]:
         return "coincident atoms (distance 0)"
     if cell is not None:
@@ -577,9 +594,12 @@ def validate(
     return None
 
 
-def parse_record(raw: RawRecord, max_z: int, seed: int = 0, periodic: bool = True) -> Record:
+def parse_record(
+    raw: RawRecord, max_z: int | tuple[str, ...], seed: int = 0, periodic: bool = True
+) -> Record:
     """Parse and validate one framed record; failures become ``Record.error``, never raise.
-    ``periodic=False`` (screen) makes a periodic structure an error record."""
+    ``max_z``: ``allowed_species(model.config)``; ``periodic=False`` (screen) makes a periodic
+    structure an error record."""
     if raw.error is not None:
         return Record(raw.id, "", None, None, raw.nbytes, short_error(raw.error))
     try:

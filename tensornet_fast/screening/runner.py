@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..errors import InputError
 from .progress import Progress, ScreenStats
-from .readers import RawRecord, Record, check_inputs, chunked, detect_format, iter_raw, parse_record
+from .readers import (
+    RawRecord,
+    Record,
+    allowed_species,
+    check_inputs,
+    chunked,
+    detect_format,
+    iter_raw,
+    parse_record,
+)
 from .signals import ignore_sigint, sigint_blocked, sigint_deferred
 from .worker import ScreenSpec, evaluate_stream, get_model
 from .writer import open_sink
@@ -196,7 +205,7 @@ def screen(
         else:
             model = get_model(spec)
             prog.start = time.perf_counter()  # throughput excludes loading the model
-            max_z = model.config.max_z
+            max_z = allowed_species(model.config)
             if parse_workers is None:
                 parse_workers = default_parse_workers(inputs)
             on_stop = None

@@ -19,7 +19,7 @@ from .batching import (
     default_batch_atoms,
     make_batches,
 )
-from .readers import RawRecord, Record, parse_record
+from .readers import RawRecord, Record, allowed_species, parse_record
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def evaluate_stream(
 
 def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
     """Worker task: parse, validate, batch and evaluate one shard of raw records."""
-    max_z = get_model(spec).config.max_z
+    max_z = allowed_species(get_model(spec).config)
     records = [parse_record(r, max_z, spec.seed, spec.periodic) for r in raws]
     rows: list[dict] = []
     for batch_rows, _ in evaluate_stream(records, spec):

@@ -31,6 +31,7 @@ from torch import Tensor
 from ...errors import NotTraceable
 from ..base import Backend, warn_once
 from ..shared.cache import derived, weights_key
+from ..shared.radial import gated_head
 from ..shared.tables import filter_tables
 from . import torch_passes
 from .filters import make_filters
@@ -100,7 +101,10 @@ class CpuBackend(Backend):
             )
         prep = prepared(model, ops, key)
         q = charge_factor.detach().to(nl.edge_vec.dtype).contiguous()
-        return _FusedModel.apply(nl.edge_vec, prep, g, filters, ztab, pair, q)
+        out = _FusedModel.apply(nl.edge_vec, prep, g, filters, ztab, pair, q)
+        if prep.gated:  # matgl's gated readout, autograd (fused.Prepared)
+            return gated_head(model.output_model.gated, out)
+        return out
 
 
 def pair_table(model, z: Tensor, key: tuple | None = None) -> tuple[Tensor, Tensor, int]:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ...model.config import ModelConfig
 from .layout import sq_norm
-from .radial import ACTIVATION_FUNCTIONS, scalar_head
+from .radial import ACTIVATION_FUNCTIONS, output_head
 
 
 def embedding_combine(rep, config: ModelConfig, raw: Tensor) -> Tensor:
@@ -37,5 +37,7 @@ def output_energies(model, x: Tensor) -> Tensor:
     feats = torch.cat((x[:, 0] * x[:, 0], sq_norm(x[:, 1:4]), sq_norm(x[:, 4:])), 1)
     f3 = 3 * config.embedding_dimension
     feats = F.layer_norm(feats, (f3,), rep.out_norm.weight, rep.out_norm.bias)
-    h = act(F.linear(feats, rep.linear.weight, rep.linear.bias))
-    return scalar_head(model.output_model.output_network.layers, config, h)
+    h = F.linear(feats, rep.linear.weight, rep.linear.bias)
+    if config.linear_activation:
+        h = act(h)
+    return output_head(model.output_model, config, h)
