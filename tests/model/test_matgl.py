@@ -20,7 +20,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from tolerances import TOLERANCES, relative_error
+from tolerances import FAST_MODE_FACTOR, TOLERANCES, relative_error
 
 import tensornet_fast as tnf
 from tensornet_fast.errors import CheckpointError, InputError
@@ -212,10 +212,52 @@ def test_float64_parity(matgl_runs, name, backend, mode):
     "backend,mode", [("reference", "exact"), ("cpu", "exact"), ("cpu", "auto")]
 )
 def test_float32_parity(matgl_runs, name, backend, mode):
+    """float32 against the float64 truth: within the tolerance table, or, where float32 itself
+    cannot get there (these random weights amplify rounding: matgl's own float32 forces are off
+    by up to ~1e-3 on the 216-atom cell), within FAST_MODE_FACTOR x matgl's own float32 error
+    (the table's rule for fast modes). Directly against matgl's float32 numbers too, loosely:
+    a misread weight shows up at O(1)."""
     folders, results = matgl_runs
     model = tnf.load_model(folders[name], backend=backend, filter_mode=mode)
     assert model.dtype == torch.float32
-    _check_all(model, results[(name, 32)], torch.float32, f"{name} {backend}/{mode} float32")
+    truth = results.get((name, 64))
+    if truth is None:  # the Warp folder: tensornet_fast's float64 (== matgl's, test above)
+        m64 = tnf.load_model(folders[name], backend="reference", precision=64)
+        truth = {}
+        for key in results[(name, 32)]:
+            z, pos, box = _inputs(SYSTEMS[key], torch.float64)
+            out = m64.compute(z, pos, box=box, stress=box is not None)
+            truth[key] = {
+                "energy": out["energy"].item(),
+                "forces": out["forces"].tolist(),
+                "stress": out["stress"][0].tolist() if box is not None else None,
+            }
+    tol = TOLERANCES[torch.float32]
+    worst = [0.0, 0.0, 0.0]
+    for key, ref32 in results[(name, 32)].items():
+        ours = _errors(model, SYSTEMS[key], truth[key], torch.float32)
+        theirs = _matgl_errors(ref32, truth[key])
+        for k, kind in enumerate(("energy", "forces", "forces")):
+            bound = max(tol[kind], FAST_MODE_FACTOR * theirs[k])
+            assert ours[k] <= bound, f"{name} {key}: {kind} {ours[k]:.2e} > {bound:.2e}"
+        direct = _errors(model, SYSTEMS[key], ref32, torch.float32)
+        assert max(direct) < 1e-2, f"{name} {key}: vs matgl float32 {direct}"
+        worst = [max(a, b) for a, b in zip(worst, ours)]
+    print(f"{name} {backend}/{mode} float32 vs float64: worst {worst}")
+
+
+def _matgl_errors(ref32: dict, truth: dict) -> tuple[float, float, float]:
+    """matgl float32's own relative errors against the float64 truth."""
+    e = abs(ref32["energy"] - truth["energy"]) / abs(truth["energy"])
+    f_t = torch.tensor(truth["forces"], dtype=torch.float64)
+    f = float((torch.tensor(ref32["forces"], dtype=torch.float64) - f_t).abs().max())
+    f /= max(float(f_t.abs().max()), 1e-6 if f_t.abs().max() > 1e-6 else 1.0)
+    s = 0.0
+    if truth.get("stress") is not None:
+        s_t = torch.tensor(truth["stress"], dtype=torch.float64)
+        s = float((torch.tensor(ref32["stress"], dtype=torch.float64) - s_t).abs().max())
+        s /= float(s_t.abs().max())
+    return e, f, s
 
 
 def test_auto_filter_mode_is_tabulated(matgl_runs):
