@@ -50,7 +50,8 @@ class SearchEdges:
     """Eager edges: one radius graph (compiled cell list) per call, searched up to the largest
     cutoff of the network and its pair priors. The network gets exactly the pairs within
     [cutoff_lower, cutoff_upper) plus one self-loop per atom; the pair priors pick theirs from
-    the same list by distance."""
+    the same list by distance. Subclasses replace ``search`` (``md.step``: a Verlet list's
+    candidates cut to the same pairs) and keep the split."""
 
     def __init__(self, model, batch: Tensor):
         c = model.config
@@ -59,11 +60,19 @@ class SearchEdges:
         self.lower = 0.0 if has_pair_priors(model) else c.cutoff_lower
         self.network_range = (c.cutoff_lower, c.cutoff_upper)
 
-    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
-        nl = radius_graph_full(
+    def search(self, positions: Tensor, cell: Tensor | None) -> NeighborList:
+        """Every pair within [lower, cutoff) and one self-loop per atom, sorted by receiver."""
+        return radius_graph_full(
             positions, self.cutoff, self.batch, cell, loop=True, cutoff_lower=self.lower
         )
+
+    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
+        nl = self.search(positions, cell)
         reject_coincident(nl)
+        return self.split(nl)
+
+    def split(self, nl: NeighborList) -> tuple[NeighborList, NeighborList]:
+        """(the network's edges, the pair priors' edges) of one searched list."""
         lo, hi = self.network_range
         if (self.lower, self.cutoff) == (lo, hi):
             return nl, nl

@@ -45,7 +45,8 @@ class SkinRule:
             return False
         moved2 = float(((pos.detach() - ref) ** 2).sum(1).max())
         half = 0.5 * self.skin * (1.0 - 1e-9)
-        return moved2 > half * half
+        # NaN compares False: "not <=" sends non-finite positions to the search, which rejects them
+        return not moved2 <= half * half
 
 
 class VerletList:
