@@ -206,7 +206,7 @@ def evaluate(
     second_order = keep_graph and backend.parameter_gradients
     if stress and system.cell is None:
         raise ValueError("stress needs a periodic cell")
-    with torch.set_grad_enabled(forces or stress or keep_graph):
+    with backend.threads(pos.shape[0]), torch.set_grad_enabled(forces or stress or keep_graph):
         leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(forces)
         positions, cell = leaf, system.cell
         if stress:

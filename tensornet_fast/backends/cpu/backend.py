@@ -37,6 +37,7 @@ from .filters import make_filters
 from .fused import _FusedModel, prepared
 from .graph import Graph
 from .ops import compiled_ops, stage
+from .threads import threads_for
 
 
 class CpuBackend(Backend):
@@ -75,6 +76,11 @@ class CpuBackend(Backend):
         )
         return "exact"
 
+    def threads(self, n_atoms: int):
+        """One thread below ``threads.SMALL_SYSTEM_ATOMS`` atoms, no more threads than free
+        cores on a busy machine (``backends/cpu/threads.py``)."""
+        return threads_for(n_atoms)
+
     def prepare(self, model) -> None:
         if model.filter_mode == "tabulated":
             filter_tables(model)
@@ -107,9 +113,17 @@ def pair_table(model, z: Tensor, key: tuple | None = None) -> tuple[Tensor, Tens
     """(emb2([emb(a); emb(b)]) over the species present [S*S, F], contiguous and detached;
     each atom's species index [N]; S). One table per set of species, kept until the weights
     change."""
-    species, zidx = torch.unique(z, return_inverse=True)
     tables = derived(model, "cpu_pair_tables", dict, key)
-    species_key = species.numpy().tobytes()
+    # The same z tensor call after call (MDStep, OpenMM): its species and inverse are kept with
+    # a reference to it (so its memory cannot be reused) and its version counter (in-place
+    # edits); torch.unique and the host copy of the species were ~40 us of a 22-atom step.
+    last = tables.get("last_z")
+    if last is not None and last[0] is z and last[1] == z._version:
+        species, zidx, species_key = last[2:]
+    else:
+        species, zidx = torch.unique(z, return_inverse=True)
+        species_key = species.numpy().tobytes()
+        tables["last_z"] = (z, z._version, species, zidx, species_key)
     ztab = tables.get(species_key)
     if ztab is None:
         emb = model.representation_model.tensor_embedding
