@@ -101,6 +101,7 @@ def rows_of(impls, env, system, benchmark, extra="") -> list[dict]:
                 f"adaptive={'on' if impl.adaptive else 'off'}",
                 impl.notes,
                 extra,
+                f"loadavg={harness.load_average()}",
             )
             if x
         )
@@ -267,6 +268,7 @@ def breakdown(args, env) -> list[dict]:
         + f";kernel_share={kernels / max(total, 1e-9):.2f};aten_ops_per_step={ops / 20:.0f}"
         + f";kernel_ops_per_step={custom / 20:.0f};backend={backend.name}"
         + ";cpu_time=process_time"
+        + f";loadavg={harness.load_average()}"
     )
     print("breakdown (CPU us per step):", notes, flush=True)
     return [

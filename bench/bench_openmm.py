@@ -124,6 +124,7 @@ def run_system(system, args, env) -> list[dict]:
                 ns_per_atom=q[1] / system.atoms * 1e9,
                 notes=f"model=L2-F48-K32-rc5;openmm={openmm.__version__};platform=Reference;"
                 + summary
+                + f";loadavg={harness.load_average()}"
                 + (";tiny=1" if args.tiny else ""),
             )
         )
