@@ -51,7 +51,9 @@ class SearchEdges:
     """Eager edges: one radius graph (compiled cell list) per call, searched up to the largest
     cutoff of the network and its pair priors. The network gets exactly the pairs within
     [cutoff_lower, cutoff_upper) plus one self-loop per atom (none for models without
-    ``self_loops``: matgl's); the pair priors pick theirs from the same list by distance."""
+    ``self_loops``: matgl's); the pair priors pick theirs from the same list by distance.
+    Subclasses replace ``search`` (``md.step``: a Verlet list's candidates cut to the same
+    pairs) and keep the split."""
 
     def __init__(self, model, batch: Tensor):
         c = model.config
@@ -61,11 +63,20 @@ class SearchEdges:
         self.network_range = (c.cutoff_lower, c.cutoff_upper)
         self.loop = c.self_loops
 
-    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
-        nl = radius_graph_full(
+    def search(self, positions: Tensor, cell: Tensor | None) -> NeighborList:
+        """Every pair within [lower, cutoff) and one self-loop per atom (if the model has
+        them), sorted by receiver."""
+        return radius_graph_full(
             positions, self.cutoff, self.batch, cell, loop=self.loop, cutoff_lower=self.lower
         )
+
+    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
+        nl = self.search(positions, cell)
         reject_coincident(nl)
+        return self.split(nl)
+
+    def split(self, nl: NeighborList) -> tuple[NeighborList, NeighborList]:
+        """(the network's edges, the pair priors' edges) of one searched list."""
         lo, hi = self.network_range
         if (self.lower, self.cutoff) == (lo, hi):
             return nl, nl
@@ -246,7 +257,7 @@ def evaluate(
     second_order = keep_graph and backend.parameter_gradients
     if stress and system.cell is None:
         raise ValueError("stress needs a periodic cell")
-    with torch.set_grad_enabled(forces or stress or keep_graph):
+    with backend.threads(pos.shape[0]), torch.set_grad_enabled(forces or stress or keep_graph):
         leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(forces)
         positions, cell = leaf, system.cell
         if stress:
