@@ -70,10 +70,11 @@ __all__ = ["CapacityError", "MDStep"]
 
 
 class _VerletEdges(SearchEdges):
-    """The eager step's edge source: the candidates (every pair within ``max_cutoff + skin`` and
-    one self-loop per atom if the model has them, searched by ``rebuild``) cut each call to exactly the pairs of a
-    fresh ``SearchEdges.search`` -- same edges, order and values: the compiled filter applies the
-    search's own float64 membership test -- then split for the network and the pair priors."""
+    """The eager step's edge source: the candidates (every pair within ``max_cutoff + skin``
+    and one self-loop per atom if the model has them, searched by ``rebuild``) cut each call to
+    exactly the pairs of a fresh ``SearchEdges.search`` -- same edges, order and values: the
+    compiled filter applies the search's own float64 membership test -- then split for the
+    network and the pair priors."""
 
     def __init__(self, model, batch: Tensor, cell: Tensor | None, skin: float):
         super().__init__(model, batch)
