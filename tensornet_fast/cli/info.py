@@ -40,7 +40,7 @@ def elements_line(model) -> str:
     from ..screening.elements import symbols
 
     trained = getattr(model, "elements", None)
-    if model.config.element_types is not None:  # matgl: z are atomic numbers of this list
+    if getattr(model.config, "element_types", None) is not None:  # matgl: z = atomic numbers
         names = " ".join(symbols(sorted(int(z) for z in trained)))
         return f"{names} (the model's element list; other elements are refused)"
     accepted = f"atomic numbers 1..{model.config.max_z - 1} accepted"
