@@ -680,9 +680,12 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, small):
     with pytest.raises(CheckpointError, match="refused by the safe loader.*trust_pickle=True"):
         tnf.load_model(path)
     assert not marker.exists(), "the pickle ran code"
-    # the explicit opt-in unpickles (and so runs the payload): that is what it is for
-    with pytest.raises((CheckpointError, TypeError, AttributeError)):
+    # the explicit opt-in unpickles (and so runs the payload): that is what it is for; the
+    # payload's value (a file object) in the hyper-parameters is ignored or refused
+    try:
         tnf.load_model(path, trust_pickle=True)
+    except (CheckpointError, TypeError, AttributeError):
+        pass
     assert marker.exists()
 
 

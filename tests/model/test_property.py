@@ -97,6 +97,8 @@ def test_cpu_matches_reference(models, system):
         e, f = cpu(z, pos, batch, box)
     assert torch.isfinite(e).all() and torch.isfinite(f).all()
     scale_e = float(e_ref.abs().max()) or 1.0
-    scale_f = float(f_ref.abs().max()) or 1.0
+    # forces that cancel by symmetry (a lone or centred atom) are rounding noise, ~1e-14: the
+    # scale has a floor of 1e-3 (model units), i.e. 1e-12 absolute there
+    scale_f = max(float(f_ref.abs().max()), 1e-3)
     assert float((e - e_ref).abs().max()) <= RTOL * scale_e
     assert float((f - f_ref).abs().max()) <= RTOL * scale_f

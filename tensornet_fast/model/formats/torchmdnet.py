@@ -14,6 +14,7 @@ older file), ``layout="blocked"`` for files written by 3.x.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import pickle
@@ -60,11 +61,6 @@ _HPARAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-class _AttributeDict(dict):
-    """Stand-in for Lightning's ``AttributeDict`` (a dict with attribute access) when reading
-    hyper-parameters: only its items are used."""
-
-
 def _allowed_globals() -> list:
     """The non-tensor types found in torchmd-net / Lightning checkpoints, allowed by the
     ``weights_only`` unpickler: argparse namespaces and Lightning's AttributeDict (old
@@ -84,7 +80,9 @@ def _allowed_globals() -> list:
         "lightning.fabric.utilities.data.AttributeDict",
         "lightning_fabric.utilities.data.AttributeDict",
     ):
-        allowed.append((_AttributeDict, name))
+        # read as an OrderedDict: only its items are used, and the weights_only unpickler fills
+        # (SETITEMS) no dict subclass but dict, OrderedDict and Counter
+        allowed.append((collections.OrderedDict, name))
     core = getattr(np, "_core", None) or np.core
     allowed += [core.multiarray.scalar, np.dtype]
     allowed += [type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "?", "U1")]
