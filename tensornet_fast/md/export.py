@@ -244,8 +244,8 @@ def export_model(
 
     Returns the package path. Takes minutes, most of it AOTInductor's C++ compilation (a C++
     compiler is needed at export time, not to run the package): the bundled model's molecule
-    package took 423 s on the shared 2-core development VM (load ~6; trace 68 s, export 43 s,
-    compile 312 s). The package takes any atom count from 2 up to its ``max_atoms``.
+    package took 423-531 s on the shared 2-core development VM (load ~6; 531 s = trace 54 s,
+    export 73 s, compile 404 s). The package takes any atom count from 2 up to its ``max_atoms``.
     """
     if precision not in (None, 32, 64):
         raise InputError(f"precision must be 32, 64 or None, got {precision!r}")
