@@ -7,6 +7,7 @@ stress. One package and one binary per session (AOTInductor compiles for ~10-70 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,15 +150,65 @@ def test_cpp_program_rejects_bad_input(binary, package, tmp_path):
     assert res.returncode == 1 and "isolated molecules" in res.stderr
 
 
+def _molecules():
+    """One water (3 atoms), then water clusters of 24, 81 and 375 atoms as one molecule."""
+    for n in (1, 2, 3, 5):
+        yield water_box(n, seed=3, dtype=torch.float32)[:2]
+
+
 def test_package_in_python_and_metadata(package, model):
+    """torch's own loader, as a user would, from 3 to 375 atoms: a package must not be valid
+    only near the example's size (0.2's package of the bundled model stopped at 8 atoms,
+    issue #24; the fix: md.export.outer_products_as_mul)."""
     runner = tnf_export.load_exported(package)
-    z, pos, _ = water_box(2, seed=3, dtype=torch.float32)  # 24 atoms, a different size
-    energy, forces = runner(z, pos)
-    ref_e, ref_f = model(z, pos)
-    assert_close(energy, ref_e, torch.float32, "energy", "AOTI water")
-    assert_close(forces, ref_f, torch.float32, "forces", "AOTI water")
+    for z, pos in _molecules():
+        energy, forces = runner(z, pos)
+        ref_e, ref_f = model(z, pos)
+        assert_close(energy, ref_e, torch.float32, "energy", f"AOTI water x{len(z)}")
+        assert_close(forces, ref_f, torch.float32, "forces", f"AOTI water x{len(z)}")
     meta = runner.get_metadata()
     assert meta["periodic"] == "0" and meta["max_z"] == "20" and meta["cutoff"] == "4.0"
+
+
+def test_periodic_package_any_cell(ckpt, model, tmp_path):
+    """Periodic cells of 24 to 192 atoms through torch's loader against the eager model; and
+    the progress lines export_model reports while it runs (minutes: the CLI prints them)."""
+    lines = []
+    path = tnf_export.export_model(ckpt, tmp_path / "periodic.pt2", periodic=True, log=lines.append)
+    stages = ("model loaded", "traced", "exported; compiling", "compiled and packaged")
+    assert len(lines) == len(stages), lines
+    for line, stage in zip(lines, stages):
+        assert re.match(r"\[ *\d+\.\d s\] " + stage, line), lines
+    runner = tnf_export.load_exported(path)
+    for n in (2, 3, 4):  # 24, 81, 192 atoms; cells 8.2 .. 16.4 A (>= the 4 A cutoff)
+        z, pos, box = water_box(n, spacing=4.1, seed=n, dtype=torch.float32)
+        energy, forces, stress = runner(z, pos, box)
+        ref = model.compute(z, pos, box=box, stress=True)
+        what = f"AOTI periodic {len(z)} atoms"
+        assert_close(energy, ref["energy"], torch.float32, "energy", what)
+        assert_close(forces, ref["forces"], torch.float32, "forces", what)
+        assert_close(stress, ref["stress"][0], torch.float32, "forces", what + " stress")
+
+
+def test_no_outer_product_mm_left(ckpt):
+    """The traced graph holds mm calls, none with inner size 1 (Inductor guards the atom count
+    on those); the rewrite is the same product."""
+    model = tnf.load_model(ckpt, backend="reference")
+    module = tnf_export.trace_model(model)
+    mms = [n for n in module.gm.graph.nodes if n.target is torch.ops.aten.mm.default]
+    assert mms and all(n.args[0].meta["val"].shape[-1] != 1 for n in mms)
+    assert tnf_export.outer_products_as_mul(module.gm) == 0
+
+    class Outer(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.mm(a, b)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a, b = torch.randn(7, 1), torch.randn(1, 24)
+    gm = make_fx(Outer())(a, b)
+    assert tnf_export.outer_products_as_mul(gm) == 1
+    assert torch.equal(gm(a, b), a * b)
 
 
 @pytest.mark.parametrize("precision", [64])
