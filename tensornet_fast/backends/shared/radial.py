@@ -73,13 +73,17 @@ def radial_filter(layer, config: ModelConfig, rbf: Tensor, phi: Tensor) -> Tenso
     return h * phi[:, None]
 
 
-def scalar_head(head: torch.nn.Sequential, config: ModelConfig, h: Tensor) -> Tensor:
-    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]"""
+def scalar_head(
+    head: torch.nn.Sequential, config: ModelConfig, h: Tensor, frozen: bool = False
+) -> Tensor:
+    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]
+    ``frozen``: the weights as constants (no weight gradients, nothing saved for them)."""
     act = ACTIVATION_FUNCTIONS[config.activation]
     linears = [m for m in head if isinstance(m, torch.nn.Linear)]
-    for lin in linears[:-1]:
-        h = act(F.linear(h, lin.weight, lin.bias))
-    return F.linear(h, linears[-1].weight, linears[-1].bias)
+    ws = [(m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears]
+    for w, b in ws[:-1]:
+        h = act(F.linear(h, w, b))
+    return F.linear(h, *ws[-1])
 
 
 # ----------------------------------------------------------------------------- radial filters
