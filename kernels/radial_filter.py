@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._jit_helpers import ACTIVATION_CODES, act_and_grad, cosine_cutoff_and_grad
+from ._jit_helpers import ACTIVATION_CODES, act_and_grad, cosine_cutoff_and_grad, kernel_jit
 
 RBF_EXPNORM, RBF_GAUSS, RBF_SINC = 0, 1, 2
 
@@ -34,7 +34,7 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _radial_filter_kernel(
     d_ptr,  # [U]
     n_rows,

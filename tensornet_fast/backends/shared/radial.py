@@ -142,34 +142,44 @@ def radial_filter(layer, config: ModelConfig, rbf: Tensor, phi: Tensor) -> Tenso
     return h * phi[:, None]
 
 
-def scalar_head(head: torch.nn.Sequential, config: ModelConfig, h: Tensor) -> Tensor:
-    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]"""
+def scalar_head(
+    head: torch.nn.Sequential, config: ModelConfig, h: Tensor, frozen: bool = False
+) -> Tensor:
+    """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]
+    ``frozen``: the weights as constants (no weight gradients, nothing saved for them)."""
     act = ACTIVATION_FUNCTIONS[config.activation]
     linears = [m for m in head if isinstance(m, torch.nn.Linear)]
-    for lin in linears[:-1]:
-        h = act(F.linear(h, lin.weight, lin.bias))
-    return F.linear(h, linears[-1].weight, linears[-1].bias)
+    ws = [(m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears]
+    for w, b in ws[:-1]:
+        h = act(F.linear(h, w, b))
+    return F.linear(h, *ws[-1])
 
 
-def gated_head(gated: torch.nn.Module, h: Tensor) -> Tensor:
+def gated_head(gated: torch.nn.Module, h: Tensor, frozen: bool = False) -> Tensor:
     """matgl's gated readout: [L_n silu .. silu L_1](h) * sigmoid([G_n silu .. silu G_1](h)),
-    SiLU whatever the model's activation (matgl's GatedMLP).  [N, F] -> [N, 1]"""
+    SiLU whatever the model's activation (matgl's GatedMLP).  [N, F] -> [N, 1]
+    ``frozen``: the weights as constants."""
     outs = []
     for seq in (gated.layers, gated.gates):
         x = h
         linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
-        for lin in linears[:-1]:
-            x = F.silu(F.linear(x, lin.weight, lin.bias))
-        outs.append(F.linear(x, linears[-1].weight, linears[-1].bias))
+        ws = [
+            (m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears
+        ]
+        for w, b in ws[:-1]:
+            x = F.silu(F.linear(x, w, b))
+        outs.append(F.linear(x, *ws[-1]))
     return outs[0] * torch.sigmoid(outs[1])
 
 
-def output_head(output_model: torch.nn.Module, config: ModelConfig, h: Tensor) -> Tensor:
+def output_head(
+    output_model: torch.nn.Module, config: ModelConfig, h: Tensor, frozen: bool = False
+) -> Tensor:
     """epsilon_i [N, 1] from the features after ``linear`` (and its activation, if any): the
-    Scalar head (torchmd-net) or the gated readout (matgl)."""
+    Scalar head (torchmd-net) or the gated readout (matgl). ``frozen``: weights as constants."""
     if config.readout == "gated":
-        return gated_head(output_model.gated, h)
-    return scalar_head(output_model.output_network.layers, config, h)
+        return gated_head(output_model.gated, h, frozen)
+    return scalar_head(output_model.output_network.layers, config, h, frozen)
 
 
 # ----------------------------------------------------------------------------- radial filters
