@@ -16,12 +16,14 @@ eV and Angstrom, such as the bundled one).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..errors import DomainWarning
 from .domain import domain_status
 from .readers import Record, hill_formula, short_error
 from .relax import fire_relax
@@ -156,7 +158,9 @@ def single_point(
     """Energy, largest force and, on request, forces and stress per record: one model call."""
     z, pos, batch, q, box = concat_records(model, recs, units.length)
     want_stress = stress and box is not None
-    out = model.compute(z, pos, batch, box=box, q=q, forces=True, stress=want_stress)
+    with warnings.catch_warnings():  # each record's status column says it (domain.py)
+        warnings.simplefilter("ignore", DomainWarning)
+        out = model.compute(z, pos, batch, box=box, q=q, forces=True, stress=want_stress)
     e_unit, f_unit = units.energy, units.energy / units.length
     energy = out["energy"].detach().reshape(-1).double().cpu() * e_unit
     f = out["forces"].detach().double() * f_unit

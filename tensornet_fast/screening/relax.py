@@ -5,9 +5,12 @@ batch, so the remaining ones run on a smaller graph."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
+from ..errors import DomainWarning
 from .readers import Record
 from .tensors import concat_records, per_molecule_fmax
 
@@ -56,9 +59,14 @@ def fire_relax(
         m = mol.shape[0]
         amask = active[batch]
         local = (torch.cumsum(active.long(), 0) - 1)[batch[amask]]  # local molecule per atom
-        e, f = model(
-            z[amask], (pos[amask] / length_unit).to(dtype), local, q=None if q is None else q[mol]
-        )
+        with warnings.catch_warnings():  # the records' status column says it (domain.py)
+            warnings.simplefilter("ignore", DomainWarning)
+            e, f = model(
+                z[amask],
+                (pos[amask] / length_unit).to(dtype),
+                local,
+                q=None if q is None else q[mol],
+            )
         f = f.double() * force_unit
         fm = per_molecule_fmax(f, local, m).double()
         energy[mol] = e.detach().reshape(-1).double() * energy_unit
