@@ -232,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="results CSV (default bench/results/results.csv)")
     p.add_argument("--no-csv", action="store_true", help="print only")
     p.add_argument("--blocks", type=int, default=8, help="interleaved rounds per system")
+    p.add_argument("--device", default="cpu", choices=("cpu",), help="cpu only (matgl on CPU)")
     p.add_argument("--serve", nargs=3, metavar=("IMPL", "FOLDER", "SYSTEM"), help=argparse.SUPPRESS)
     p.add_argument("--make", metavar="FOLDER", help=argparse.SUPPRESS)
     p.add_argument("--errors", nargs=2, metavar=("FOLDER", "SYSTEM"), help=argparse.SUPPRESS)
