@@ -513,8 +513,9 @@ def step_graphs(rec: Recorder, args) -> None:
             counts = [int(StaticRadiusGraph(rc, 0, f, batch, box, loop=True)(f, check=False)
                           .status[0]) for f in frames]  # fmt: skip
             lo, hi = (0, 1) if counts[1] > counts[0] else (1, 0)
+            # static=True: capacities are the static path's (on CPU MDStep is eager by default)
             tight = MDStep(model, z, frames[lo], batch, box, skin=0.5, capacity=counts[lo],
-                           cuda_graph=cuda)  # fmt: skip
+                           cuda_graph=cuda, static=True)  # fmt: skip
             try:
                 if counts[hi] <= counts[lo]:
                     raise RuntimeError(f"both frames need {counts[lo]} pairs: no overflow to test")

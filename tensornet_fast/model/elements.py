@@ -41,7 +41,7 @@ NUMBERS = {s: z for z, s in enumerate(SYMBOLS) if z}
 
 def symbol(z: int) -> str:
     """ "Si (Z=14)"; a number without a symbol for Z outside 0..118."""
-    if 0 <= z < len(SYMBOLS):
+    if 1 <= z < len(SYMBOLS):
         return f"{SYMBOLS[z]} (Z={z})"
     return f"Z={z}"
 
