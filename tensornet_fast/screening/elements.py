@@ -1,18 +1,12 @@
-"""Element symbols <-> atomic numbers, without ASE (the plain-XYZ path, the one ``make demo``
-runs, needs only torch and numpy)."""
+"""Element symbols <-> atomic numbers for the readers, without ASE (the plain-XYZ path, the one
+``make demo`` runs, needs only torch and numpy); the table is the model's (model/elements.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-SYMBOLS = ("X",) + tuple(  # 0: not an element (ASE's dummy atom); readers refuse it
-    (
-        "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As "
-        "Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu "
-        "Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np "
-        "Pu Am Cm Bk Cf Es Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og "
-    ).split()
-)
+from ..model.elements import SYMBOLS  # 0: "X", not an element; readers refuse it
+
 MAX_ELEMENT = len(SYMBOLS) - 1  # 118
 _BY_UPPER = {s.upper(): z for z, s in enumerate(SYMBOLS) if z > 0}
 

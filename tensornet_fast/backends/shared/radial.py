@@ -142,14 +142,20 @@ def radial_filter(layer, config: ModelConfig, rbf: Tensor, phi: Tensor) -> Tenso
     return h * phi[:, None]
 
 
+def _linear_weights(seq: torch.nn.Module, frozen: bool) -> list[tuple[Tensor, Tensor]]:
+    """(weight, bias) of each Linear in ``seq``; ``frozen``: as constants (detached, so autograd
+    saves nothing for weight gradients)."""
+    linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
+    return [(m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears]
+
+
 def scalar_head(
     head: torch.nn.Sequential, config: ModelConfig, h: Tensor, frozen: bool = False
 ) -> Tensor:
     """Linear F -> F/2, sigma, [Linear, sigma]*, Linear -> 1 (no sigma at the end).  [N, 1]
     ``frozen``: the weights as constants (no weight gradients, nothing saved for them)."""
     act = ACTIVATION_FUNCTIONS[config.activation]
-    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
-    ws = [(m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears]
+    ws = _linear_weights(head, frozen)
     for w, b in ws[:-1]:
         h = act(F.linear(h, w, b))
     return F.linear(h, *ws[-1])
@@ -162,10 +168,7 @@ def gated_head(gated: torch.nn.Module, h: Tensor, frozen: bool = False) -> Tenso
     outs = []
     for seq in (gated.layers, gated.gates):
         x = h
-        linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
-        ws = [
-            (m.weight.detach(), m.bias.detach()) if frozen else (m.weight, m.bias) for m in linears
-        ]
+        ws = _linear_weights(seq, frozen)
         for w, b in ws[:-1]:
             x = F.silu(F.linear(x, w, b))
         outs.append(F.linear(x, *ws[-1]))
