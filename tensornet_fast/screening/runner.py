@@ -75,7 +75,9 @@ def _prefetch(it: Iterator, maxsize: int, on_stop: Callable[[], None] | None = N
             on_stop()
 
 
-def _parse_chunk(raws: list[RawRecord], max_z: int, seed: int, periodic: bool) -> list[Record]:
+def _parse_chunk(
+    raws: list[RawRecord], max_z: int | tuple[str, ...], seed: int, periodic: bool
+) -> list[Record]:
     return [parse_record(r, max_z, seed, periodic) for r in raws]
 
 
@@ -88,7 +90,7 @@ class ParallelParse:
     def __init__(
         self,
         raws: Iterable[RawRecord],
-        max_z: int,
+        max_z: int | tuple[str, ...],
         seed: int,
         n_workers: int,
         chunk: int = 32,
@@ -129,7 +131,7 @@ class ParallelParse:
 
 def parallel_parse(
     raws: Iterable[RawRecord],
-    max_z: int,
+    max_z: int | tuple[str, ...],
     seed: int,
     n_workers: int,
     chunk: int = 32,
