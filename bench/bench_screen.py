@@ -60,8 +60,6 @@ def make_library(directory: str, n: int, n_smiles: int, seed: int = 0) -> tuple[
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
-    from tensornet_fast.screening.readers import _symbol_table  # noqa: F401  (ase element table)
-
     confs = []
     for k, smi in enumerate(DRUGS):
         mol = Chem.AddHs(Chem.MolFromSmiles(smi))

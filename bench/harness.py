@@ -85,6 +85,17 @@ def device_name(device: str | torch.device = "cpu") -> str:
     return f"CPU {cpu} ({os.cpu_count()} cores{', ' + isa if isa else ''})"
 
 
+def load_average() -> str:
+    """The host's 1-minute load average and runnable / all tasks ("5.82,3/112"), for notes:
+    on the shared 2-core VMs it says how far absolute times are inflated."""
+    try:
+        with open("/proc/loadavg") as fh:
+            parts = fh.read().split()
+        return f"{parts[0]},{parts[3]}"
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
     try:
         import triton

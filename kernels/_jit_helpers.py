@@ -9,8 +9,35 @@ norm is the sum of squares of the coefficients and the adjoint of ``to_full`` is
 
 from __future__ import annotations
 
+import inspect
+import os
+
 import triton
 import triton.language as tl
+
+
+def kernel_jit(no_specialize=(), no_align=()):
+    """``triton.jit`` that does not specialise the named size arguments (Triton otherwise
+    compiles one variant for sizes divisible by 16, one for 1 and one for the rest) nor the
+    named pointers on 16-byte alignment (``edge_index[1]`` starts 8 * E bytes into its storage:
+    aligned or not with the parity of E). One binary per kernel, dtype and configuration then
+    serves every system size, so a GPU host compiles each once (bench/gpu_check.py plans its
+    JIT time on that). ``do_not_specialize_on_alignment`` is passed where this Triton has it."""
+    kwargs = {"do_not_specialize": list(no_specialize)}
+    if no_align and "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters:
+        kwargs["do_not_specialize_on_alignment"] = list(no_align)
+    return triton.jit(**kwargs)
+
+
+def pick_configs(configs: list) -> list:
+    """The autotuner's configurations, or only the k-th with TNF_TRITON_CONFIG=k (no autotuning:
+    one compile per kernel; bench/gpu_check.py warms each configuration's binaries in its own
+    process, in parallel)."""
+    choice = os.environ.get("TNF_TRITON_CONFIG", "")
+    if choice.strip().lstrip("-").isdigit():
+        return [configs[int(choice) % len(configs)]]
+    return configs
+
 
 # Activation codes (constexpr) shared with the launchers.
 ACT_SILU, ACT_TANH, ACT_SIGMOID, ACT_SSP, ACT_MISH = 0, 1, 2, 3, 4

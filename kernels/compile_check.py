@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def _variants(dtypes: list[str], all_configs: bool):
@@ -96,32 +97,59 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return int(regs.group(1)) if regs else -1, int(local.group(1)) if local else -1
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (ptxas)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tensornet_fast.kernels.compile_check",
                                 description=__doc__.split("\n")[0])  # fmt: skip
     p.add_argument("--arch", type=int, default=90, help="compute capability (90 = H100/H200)")
     p.add_argument("--dtypes", default="fp32,fp64")
     p.add_argument("--all-configs", action="store_true", help="every autotune configuration")
+    p.add_argument("--fresh-cache", action="store_true",
+                   help="compile into an empty TRITON_CACHE_DIR (times every variant)")  # fmt: skip
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_check: unset TRITON_INTERPRET first", file=sys.stderr)
         return 2
+    if args.fresh_cache:
+        # Triton caches compiled kernels on disk: a fresh directory makes every variant really
+        # compile (and be timed); without it, cached variants take ~0 s
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="tnf_compile_check_")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
-    for label, fn, sig, cx, warps in _variants(args.dtypes.split(","), args.all_configs):
+    total = 0.0
+    variants = _variants(args.dtypes.split(","), args.all_configs)
+    cpu_total = 0.0
+    for label, fn, sig, cx, warps in variants:
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         try:
             compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx),
                                       target=target, options={"num_warps": warps})  # fmt: skip
+            seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             regs, local = _resource_usage(compiled.asm["cubin"])
-            print(f"ok    {label}: {regs} registers, {local} B local memory (spills)")
+            print(f"ok    {label}: {regs} registers, {local} B local memory (spills), "
+                  f"{seconds:.1f} s ({cpu:.1f} s CPU)", flush=True)  # fmt: skip
         except Exception as exc:  # report every failure, then fail
+            seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             failed += 1
             first = str(exc).strip().splitlines()
             print(f"FAIL  {label}: {type(exc).__name__}: {first[0] if first else ''}")
+        total += seconds
+        cpu_total += cpu
+    # What a GPU host's first call pays per variant (with --fresh-cache): CPU seconds, since
+    # this project's shared 2-core VM inflates wall time several-fold (docs/gpu.md).
+    print(f"{len(variants)} variant(s) compiled in {total:.1f} s ({cpu_total:.1f} s CPU)")
     print(f"{failed} kernel variant(s) failed to compile for sm_{args.arch}")
     return 1 if failed else 0
 

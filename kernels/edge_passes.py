@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._jit_helpers import store9
+from ._jit_helpers import kernel_jit, pick_configs, store9
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -43,19 +43,19 @@ def _csr_configs():
     # One configuration under the interpreter (each config would run the kernel again).
     if INTERPRET:
         return [triton.Config({"BLOCK_E": 16, "BLOCK_F": 32}, num_warps=4)]
-    return [
+    return pick_configs([
         triton.Config({"BLOCK_E": be, "BLOCK_F": bf}, num_warps=w)
         for be, bf, w in ((16, 32, 2), (16, 64, 4), (32, 64, 4), (32, 128, 8), (16, 128, 4))
-    ]
+    ])  # fmt: skip
 
 
 def _edge_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_E": 32, "BLOCK_F": 32}, num_warps=4)]
-    return [
+    return pick_configs([
         triton.Config({"BLOCK_E": be, "BLOCK_F": bf}, num_warps=w)
         for be, bf, w in ((32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 8), (128, 32, 8))
-    ]
+    ])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- jit helpers
@@ -123,7 +123,7 @@ def _edge_filter_coords(d_ptr, idx_ptr, offs_e, mask_e, N_INT, LO: tl.constexpr,
 
 # ----------------------------------------------------------------------------- message
 @triton.autotune(configs=_csr_configs(), key=["F", "TAB"])
-@triton.jit
+@kernel_jit(no_specialize=("N_INT",), no_align=("col_ptr",))
 def _message_fwd_kernel(
     row_ptr_ptr,  # [N + 1] CSR over receivers
     col_ptr,  # [E] senders
@@ -172,7 +172,7 @@ def _message_fwd_kernel(
 
 
 @triton.autotune(configs=_edge_configs(), key=["F", "TAB"])
-@triton.jit
+@kernel_jit(no_specialize=("n_edges", "N_INT"), no_align=("col_ptr",))
 def _message_dd_kernel(
     row_ptr,  # [E] receivers
     col_ptr,  # [E] senders
@@ -219,7 +219,7 @@ def _message_dd_kernel(
 
 # ----------------------------------------------------------------------------- embedding
 @triton.autotune(configs=_csr_configs(), key=["F", "TAB"])
-@triton.jit
+@kernel_jit(no_specialize=("N_INT",))
 def _embed_fwd_kernel(
     row_ptr_ptr,  # [N + 1]
     geo_ptr,  # [E, 9] geometric factors of each component
@@ -270,7 +270,7 @@ def _embed_fwd_kernel(
 
 
 @triton.autotune(configs=_edge_configs(), key=["F", "TAB"])
-@triton.jit
+@kernel_jit(no_specialize=("n_edges", "N_INT"))
 def _embed_bwd_kernel(
     row_ptr,  # [E] receivers
     geo_ptr,  # [E, 9]

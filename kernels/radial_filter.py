@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._jit_helpers import ACTIVATION_CODES, act_and_grad, cosine_cutoff_and_grad
+from ._jit_helpers import ACTIVATION_CODES, act_and_grad, cosine_cutoff_and_grad, kernel_jit
 
-RBF_EXPNORM, RBF_GAUSS = 0, 1
+RBF_EXPNORM, RBF_GAUSS, RBF_SINC = 0, 1, 2
 
 
 def _pow2(n: int) -> int:
@@ -34,12 +34,12 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _radial_filter_kernel(
     d_ptr,  # [U]
     n_rows,
-    rbf_a_ptr,  # [KP] expnorm means | gauss offsets (zero padded)
-    rbf_b_ptr,  # [KP] expnorm betas | gauss coefficients
+    rbf_a_ptr,  # [KP] expnorm means | gauss offsets | sinc frequencies (zero padded)
+    rbf_b_ptr,  # [KP] expnorm betas | gauss coefficients | sinc mask (1 real, 0 padding)
     w0_ptr,  # [KP, H0P] first hidden layer, transposed (N_HIDDEN == 2)
     b0_ptr,  # [H0P]
     w1_ptr,  # [H0P, H1P]
@@ -78,9 +78,20 @@ def _radial_filter_kernel(
         g = tl.exp(-rb * (x - ra) * (x - ra))
         e = env * g
         de = denv * g + env * g * (2.0 * ALPHA) * rb * x * (x - ra)
-    else:
+    elif RBF == 1:
         e = tl.exp(rb * (d - ra) * (d - ra))
         de = e * 2.0 * rb * (d - ra)
+    else:
+        # sinc(w d) = sin(w d) / (w d) (1 at 0), d/dd = (cos(w d) - sinc(w d)) / d (0 at 0);
+        # matgl's smooth Bessel basis is a fixed combination of these, folded into the first
+        # linear by FilterWeights. Padding columns: w = 0 and mask 0.
+        x = ra * d
+        at0 = x == 0.0
+        xs = tl.where(at0, 1.0, x)
+        sn = tl.where(at0, 1.0, tl.sin(xs) / xs)
+        ds = tl.where(d == 0.0, 1.0, d)
+        e = rb * sn
+        de = rb * tl.where(at0, 0.0, (tl.cos(xs) - sn) / ds)
     phi, dphi = cosine_cutoff_and_grad(d, LO, HI, PI)
     # ---- hidden layers (interaction filter only)
     if N_HIDDEN == 2:
@@ -128,11 +139,30 @@ class FilterWeights:
     def __init__(self, rep, layer, config, dtype: torch.dtype, device: torch.device):
         k = config.num_rbf
         f = config.embedding_dimension
-        self.f, self.kp, self.fp = f, _pow2(k), _pow2(f)
-        self.h0p, self.h1p = _pow2(f), _pow2(2 * f)
         opts = dict(dtype=dtype, device=device)
         rbf = rep.distance_expansion
-        if config.rbf_type == "expnorm":
+        # smooth_bessel (matgl): e = B sinc(w d) with B [K, K+1] fixed; B folds into the first
+        # linear (W e = (W B) sinc), so the kernel evaluates K+1 sinc functions.
+        fold = None
+        if config.rbf_type == "smooth_bessel":
+            from tensornet_fast.backends.shared.radial import smooth_bessel_terms
+
+            like = torch.zeros((), dtype=torch.float64)
+            w_sinc, fold = smooth_bessel_terms(k, config.cutoff_upper, like)
+            k = k + 1
+        self.f, self.kp, self.fp = f, _pow2(k), _pow2(f)
+        self.h0p, self.h1p = _pow2(f), _pow2(2 * f)
+
+        def first(weight: Tensor) -> Tensor:  # [out, K] -> [out, K (+1)]
+            weight = weight.detach()
+            if fold is None:
+                return weight
+            return (weight.double() @ fold).to(weight.dtype)
+
+        if config.rbf_type == "smooth_bessel":
+            self.rbf = RBF_SINC
+            a, b = w_sinc, torch.ones(k, dtype=torch.float64)
+        elif config.rbf_type == "expnorm":
             self.rbf = RBF_EXPNORM
             a, b = rbf.means.detach(), rbf.betas.detach()
         else:
@@ -153,13 +183,13 @@ class FilterWeights:
             self.wout = torch.zeros(3, self.kp, self.fp, **opts)
             self.bout = torch.zeros(3, self.fp, **opts)
             for blk, p in enumerate(projs):
-                self.wout[blk, :k, :f] = p.weight.detach().t()
+                self.wout[blk, :k, :f] = first(p.weight).t()
                 self.bout[blk, :f] = p.bias.detach()
         else:  # K -> F -> 2F -> 3F (blocked I | A | S in the last layer's rows)
             l0, l1, l2 = layer.linears_scalar
             self.n_hidden = 2
             self.w0 = torch.zeros(self.kp, self.h0p, **opts)
-            self.w0[:k, :f] = l0.weight.detach().t()
+            self.w0[:k, :f] = first(l0.weight).t()
             self.b0 = torch.zeros(self.h0p, **opts)
             self.b0[:f] = l0.bias.detach()
             self.w1 = torch.zeros(self.h0p, self.h1p, **opts)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._jit_helpers import from_full, load9, matmul3, store9, to_full
+from ._jit_helpers import from_full, kernel_jit, load9, matmul3, store9, to_full
 
 # A backward program holds ~60 live [BLOCK_N, BLOCK_F] tiles (3x3 operands, products, adjoints):
 # 8 x 32 = 256 elements over 128 threads is 2 registers per tile and thread, ~120 in all, below
@@ -64,7 +64,7 @@ def _sq9(c0, c1, c2, c3, c4, c5, c6, c7, c8):
     return c0 * c0 + c1 * c1 + c2 * c2 + c3 * c3 + c4 * c4 + c5 * c5 + c6 * c6 + c7 * c7 + c8 * c8
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr, O3: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
@@ -81,7 +81,7 @@ def _product_fwd_kernel(y_ptr, m_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr, O
             b6 * inv, b7 * inv, b8 * inv)  # fmt: skip
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
                         F: tl.constexpr, O3: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_F: tl.constexpr):  # fmt: skip
@@ -139,7 +139,7 @@ def _product_bwd_kernel(y_ptr, m_ptr, q_ptr, g_ptr, gy_ptr, gm_ptr, n_rows,
     store9(gm_ptr, offs, mask, F, *from_full(*gmf))
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _update_fwd_kernel(xb_ptr, dx_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)
@@ -156,7 +156,7 @@ def _update_fwd_kernel(xb_ptr, dx_ptr, q_ptr, out_ptr, n_rows, F: tl.constexpr,
             x[8] + dx[8] + q * s8)  # fmt: skip
 
 
-@triton.jit
+@kernel_jit(no_specialize=("n_rows",))
 def _update_bwd_kernel(dx_ptr, q_ptr, g_ptr, gdx_ptr, n_rows, F: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):  # fmt: skip
     offs, mask, rows = _tile(n_rows, F, BLOCK_N, BLOCK_F)

@@ -15,6 +15,16 @@ class InputError(ValueError):
     elements, coincident atoms, shape/dtype/device mismatch, ...)."""
 
 
+class DomainWarning(UserWarning):
+    """The input lies outside what the model was trained on (elements, total charge): the
+    numbers are extrapolation. Issued once per model and new set of problems."""
+
+
+class OverrideError(InputError, TypeError):
+    """An unknown keyword override of ``load_model`` (a ``TypeError`` too, as Python raises for
+    unknown keyword arguments)."""
+
+
 class NeighborListOverflowError(RuntimeError):
     """A fixed-capacity neighbour list (``StaticRadiusGraph``, ``MDStep``) found more edges than
     its buffers hold, or a position left the range its grid was planned for. ``required`` is the

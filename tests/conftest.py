@@ -22,7 +22,8 @@ else:
 _PARITY: list[tuple[str, int, float, float]] = []
 
 # Files of end-to-end runs (torch.compile, AOTInductor export and its C++ host, the Triton
-# interpreter, example scripts, Dask / process pools, benchmark smoke runs): marked ``slow`` so
+# interpreter, example scripts, Dask / process pools, benchmark smoke runs, the matgl
+# oracles): marked ``slow`` so
 # that ``make test-fast`` (``-m "not slow"``) leaves them out. ``make test`` runs everything.
 SLOW_FILES = {
     "backends/test_triton_backend.py",
@@ -32,6 +33,7 @@ SLOW_FILES = {
     "benchmarks/test_bench_smoke.py",
     "md/test_compiled.py",
     "md/test_export.py",
+    "model/test_matgl.py",
     "screening/test_screen.py",
 }
 

@@ -19,6 +19,13 @@ FAST_MODE_FACTOR = 2.0
 # by 2-3x when only an activation's exp changed rounding (cpu_bias_act_jvp_). A fast mode's error
 # is compared against max(exact fp32 error, FP32_NOISE_FLOOR).
 FP32_NOISE_FLOOR = 4 * torch.finfo(torch.float32).eps  # 4.8e-7
+# Two correct float32 implementations of the same math (different operation order) differ in
+# their error against float64 by a few x where the input is ill-conditioned (random weights
+# amplify rounding): measured 2.6x on forces (tensornet_fast's reference path 4.2e-5 vs matgl
+# 4.1.2's own 1.6e-5; random-weight matgl model, a chlorine-containing molecule). An exact float32
+# path that misses the table is accepted within ROUNDING_SPREAD x an independent
+# implementation's float32 error on the same input (an O(1) misread weight still fails).
+ROUNDING_SPREAD = 4.0
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

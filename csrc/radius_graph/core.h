@@ -16,6 +16,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -41,6 +42,16 @@ struct Grid {
   int32_t periodic;
   int32_t orthogonal;  // axes pairwise orthogonal: per-axis gaps add in quadrature
 };
+
+// Edges a search may hold: TENSORNET_FAST_MAX_EDGES (default 1e8, as the Python checks of
+// tensornet_fast/neighbors/graph.py). The CPU search counts while it runs and stops past it (its
+// key arenas stay bounded however dense the input); the CUDA search checks its count before
+// allocating the edges.
+inline int64_t max_edges_budget() {
+  const char* env = std::getenv("TENSORNET_FAST_MAX_EDGES");
+  const double v = env != nullptr ? std::atof(env) : 0.0;
+  return v > 0.0 ? static_cast<int64_t>(v) : int64_t(100000000);
+}
 
 // Integer floor division (b > 0).
 TNF_HD int64_t floor_div(int64_t a, int64_t b) {

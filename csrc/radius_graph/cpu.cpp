@@ -20,6 +20,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <mutex>
 #include <utility>
 #include <cstdlib>
@@ -614,6 +616,13 @@ void search_all(const tnf::Setup& st, const Binned& b, const int64_t* bat, int64
   const Thresholds open_th{p.cut2, p.low2, p.cut2, p.low2};
   const tnf::KeyCodec codec = st.codec;
   const bool avx2 = use_avx2();
+  const int64_t cap = tnf::max_edges_budget();
+  // Nothing may propagate out of the parallel region (std::terminate: SIGABRT, which Python
+  // cannot catch): the first exception is kept and rethrown after it, the others stop early.
+  std::atomic<int64_t> total{0};
+  std::atomic<bool> stop{false};
+  std::exception_ptr error;
+  std::mutex error_mu;
   rp[0] = 0;
 #pragma omp parallel num_threads(nt)
   {
@@ -622,27 +631,48 @@ void search_all(const tnf::Setup& st, const Binned& b, const int64_t* bat, int64
 #else
     Arena& arena = rows.arenas[0];
 #endif
-    arena.start();
+    try {
+      arena.start();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+      stop.store(true);
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      for (int64_t i = ch * kChunk; i < std::min(N, (ch + 1) * kChunk); ++i) {
-        const tnf::Grid& g = st.grids[bat[i]];
-        uint64_t* row = arena.next_row();
-        size_t n = 0;
-        if (loop) {
-          const int64_t zero[3] = {0, 0, 0};
-          arena.reserve(row, 0, 1);
-          row[n++] = codec.encode(i, zero);
+      if (stop.load(std::memory_order_relaxed)) continue;
+      try {
+        for (int64_t i = ch * kChunk; i < std::min(N, (ch + 1) * kChunk); ++i) {
+          const tnf::Grid& g = st.grids[bat[i]];
+          uint64_t* row = arena.next_row();
+          size_t n = 0;
+          if (loop) {
+            const int64_t zero[3] = {0, 0, 0};
+            arena.reserve(row, 0, 1);
+            row[n++] = codec.encode(i, zero);
+          }
+          n = g.periodic ? search_row<true>(i, g, b, p, periodic_th, codec, avx2, arena, row, n)
+                         : search_row<false>(i, g, b, p, open_th, codec, avx2, arena, row, n);
+          sort_row(row, n);
+          arena.commit(row, n);
+          rows.keys[i] = row;
+          rp[i + 1] = static_cast<int64_t>(n);
+          if (total.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n) > cap) {
+            stop.store(true);
+            break;
+          }
         }
-        n = g.periodic ? search_row<true>(i, g, b, p, periodic_th, codec, avx2, arena, row, n)
-                       : search_row<false>(i, g, b, p, open_th, codec, avx2, arena, row, n);
-        sort_row(row, n);
-        arena.commit(row, n);
-        rows.keys[i] = row;
-        rp[i + 1] = static_cast<int64_t>(n);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+        stop.store(true);
       }
     }
   }
+  if (error) std::rethrow_exception(error);
+  TORCH_CHECK_VALUE(total.load() <= cap, "the radius graph has more than ", cap,
+                    " edges, the budget (TENSORNET_FAST_MAX_EDGES); check the positions' units "
+                    "and the cutoff");
   for (int64_t i = 0; i < N; ++i) rp[i + 1] += rp[i];
 }
 

@@ -114,6 +114,9 @@ GraphResult radius_graph(const at::Tensor& pos_in, const at::Tensor& batch_in,
                  loop, N, counts_d.data_ptr<int64_t>(), stream);
   const at::Tensor row_ptr = exclusive_row_ptr(counts_d);
   const int64_t E = row_ptr[N].item<int64_t>();
+  TORCH_CHECK_VALUE(E <= tnf::max_edges_budget(), "the radius graph has ", E,
+                    " edges, more than the budget of ", tnf::max_edges_budget(),
+                    " (TENSORNET_FAST_MAX_EDGES); check the positions' units and the cutoff");
   at::Tensor keys = at::empty({E}, i64);
   kernels::fill(grids, batch.data_ptr<int64_t>(), bins.data_ptr<int64_t>(),
                 pos.data_ptr<double>(), wrap.data_ptr<double>(), cell_start.data_ptr<int64_t>(),

@@ -9,6 +9,7 @@ Backends import ``backends.shared`` and this module, never each other.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import TYPE_CHECKING, ClassVar
 
@@ -64,6 +65,11 @@ class Backend:
         """The concrete filter mode ("exact" | "tabulated") for the model's request
         ("auto" | "exact" | "tabulated"), resolved per call (dtype and weights may change)."""
         return "exact" if requested == "auto" else requested
+
+    def threads(self, n_atoms: int):
+        """A context manager for one call on ``n_atoms`` atoms: the CPU thread count it runs
+        with (default: torch's, unchanged)."""
+        return contextlib.nullcontext()
 
     def prepare(self, model: TensorNetModel) -> None:
         """Build state derived from the weights at load time instead of on the first call."""

@@ -4,22 +4,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 from . import bench, energies, export, info, screen
-from .options import DEFAULT_MOLECULES
+from .options import DEFAULT_MOLECULES, HelpFormatter
 
 __all__ = ["DEFAULT_MOLECULES", "SUBCOMMANDS", "build_parser", "main"]
 
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "energies": (
-        "energies and forces of every structure in the input files (CSV)",
+        "energies, forces and stress of every structure in the input files (CSV or Parquet; "
+        "one row per structure, in input order; resumable with --out FILE)",
         energies.add_arguments_energies,
         energies.run_energies,
     ),
     "info": (
-        "print a checkpoint's hyper-parameters and the available backends",
+        "a checkpoint at a glance: units, trained elements, cutoff, size, backends here",
         info.add_arguments_info,
         info.run_info,
     ),
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in SUBCOMMANDS.items():
         # bench passes every argument, options included, on to `python -m bench`
         passthrough = {"prefix_chars": "+", "add_help": False} if name == "bench" else {}
-        p = sub.add_parser(name, help=help_text, description=help_text, **passthrough)
+        fmt = {} if name == "bench" else {"formatter_class": HelpFormatter}
+        p = sub.add_parser(name, help=help_text, description=help_text, **passthrough, **fmt)
         add_args(p)
         p.set_defaults(_run=run)
     return parser
@@ -61,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except BrokenPipeError:
+        # stdout closed early (`... | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -27,9 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..backends.shared.cache import weights_key
+from ..backends.shared.cache import weight_tensors, weights_key
 from ..model import TensorNetModel
-from ..model.assembly import evaluate, max_cutoff
+from ..model.assembly import (
+    autograd_allowed,
+    check_finite_outputs,
+    evaluate,
+    max_cutoff,
+    normal_tensor,
+)
 from ..model.inputs import System, prepare_system
 from ..neighbors import radius_graph_full, reject_coincident
 from .traceable import Edges, GivenEdges, check_traceable
@@ -45,7 +51,8 @@ class CompiledModel:
             self._core, fullgraph=True, dynamic=dynamic, **compile_kwargs
         )
         self._compiled = self._compile()
-        self._weights = weights_key(model)
+        # the key, and the tensors it names (kept alive so their addresses cannot be reused)
+        self._weights, self._keep = weights_key(model), weight_tensors(model)
 
     def _core(
         self,
@@ -75,10 +82,15 @@ class CompiledModel:
         stress: bool = False,
     ) -> dict[str, Tensor]:
         """``{"energy": [n_mol, 1], "forces": [N, 3]}`` (+ ``"stress"`` [n_mol, 3, 3])."""
+        if torch.is_inference_mode_enabled():  # forces are autograd results: record them
+            with autograd_allowed():
+                args = (normal_tensor(t) for t in (z, pos, batch, box, q))
+                return self.compute(*args, stress=stress)
         model = self.model
         if weights_key(model) != self._weights:  # derived state and the trace follow weights
             check_traceable(model, "compile_model")
             self._compiled, self._weights = self._compile(), weights_key(model)
+            self._keep = weight_tensors(model)
         system = prepare_system(model, z, pos, batch, box, q, stress=stress)
         cell = system.cell
         nl = radius_graph_full(
@@ -107,6 +119,7 @@ class CompiledModel:
         out = {"energy": energy.detach(), "forces": forces.detach()}
         if stress:
             out["stress"] = sigma.detach()
+        check_finite_outputs(model, out, system)
         return out
 
     def __call__(

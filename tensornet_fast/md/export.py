@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ from ..errors import InputError, NotTraceable
 from ..model import TensorNetModel, load_model
 from ..model.assembly import evaluate, max_cutoff
 from ..model.inputs import System
-from .traceable import Edges, GivenEdges, check_traceable, dense_edges
+from .traceable import Edges, GivenEdges, check_traceable, dense_edges, dense_max_atoms
 
 FORMAT_VERSION = "1"
 LAMMPS_FORMAT_VERSION = "1"
@@ -74,12 +75,12 @@ def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: f
 
 def outer_products_as_mul(gm: torch.fx.GraphModule) -> int:
     """Rewrite every ``mm(a [M, 1], b [1, N])`` (an outer product: the backward of a linear
-    layer with one output, e.g. the head's last layer) as the broadcast ``a * b``, in place;
-    returns how many. Why: Inductor's CPU lowering of mm decomposes such products only when
-    ``M + N <= 32``, and decides it by GUARDING on the atom count with the example's size:
-    the bundled model (head width 24) then compiled a package valid for <= 8 atoms only
-    ("Expected u0 <= 64 but received 81", torch 2.13; the 16-wide test model: <= 24 atoms).
-    With no such mm in the graph there is nothing to guard on."""
+    layer with one output, the head's last layer) as the broadcast ``a * b``, in place; returns
+    how many. Why: Inductor's CPU lowering of mm decomposes such a product only when
+    ``M + N <= 32`` and decides it by GUARDING on the symbolic atom count M with the example's
+    size, so the bundled model (head width 24) compiled a package valid for at most 8 atoms
+    ("Expected u0 <= 64 but received 81": ethanol's 9 x 9 candidate pairs, torch 2.13). With no
+    such mm left there is nothing to guard on; ``a * b`` is the same product."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not torch.ops.aten.mm.default:
@@ -108,6 +109,7 @@ class _Exported(torch.nn.Module):
         self.gm = gm
         self.count = len(tensors)
         self.periodic = periodic
+        self.images = 1
         for k, t in enumerate(tensors):
             self.register_buffer(f"w{k}", t.detach().clone())
 
@@ -139,6 +141,13 @@ def trace_model(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     check_traceable(model, "export")
+    if model.config.element_types is not None:
+        # The exported graph takes z as embedding rows; a host would have to map atomic numbers
+        # to matgl's element_types itself, and an unknown element would index out of range.
+        raise InputError(
+            "export of models with an element list (matgl models) is not supported: the "
+            "exported program would take embedding rows, not atomic numbers"
+        )
     if model.backend != "reference":
         # The Triton kernels are Python custom ops: an AOTInductor package holding them cannot
         # run from C++ without Python. The reference math decomposes to aten.
@@ -146,20 +155,42 @@ def trace_model(
             f"export needs backend='reference' (this model uses {model.backend!r}, whose custom "
             "ops a C++ host cannot run); load_model(path, backend='reference') and export that"
         )
-    if images < 1:
-        raise ValueError(f"images must be >= 1, got {images}")
+    _check_export_args(model, periodic, images, charge)
     model = model.eval()
     fn, names = _energy_forces(model, periodic, images, charge)
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     tensors = [state[n].detach() for n in names]
     example = _example_inputs(model, periodic)
     gm = make_fx(fn, tracing_mode="symbolic")(tensors, *example)
-    outer_products_as_mul(gm)
-    return _Exported(gm, tensors, periodic)
+    outer_products_as_mul(gm)  # no size guard from the example (issue #24)
+    module = _Exported(gm, tensors, periodic)
+    module.images = images
+    return module
+
+
+def _check_export_args(model, periodic, images, charge) -> None:
+    if not isinstance(periodic, bool):
+        raise InputError(f"periodic must be True or False, got {periodic!r}")
+    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= 8:
+        raise InputError(
+            f"images must be an integer 1..8 (periodic images searched per axis), got {images!r}"
+        )
+    if isinstance(charge, bool) or not isinstance(charge, (int, float)):
+        raise InputError(f"charge must be a number, got {charge!r}")
+    if not math.isfinite(charge):
+        raise InputError(f"charge must be finite, got {charge}")
+
+
+def max_atoms(model: TensorNetModel, periodic: bool, images: int) -> int:
+    """The largest atom count a package accepts: the dense_edges memory budget (recorded in the
+    metadata; the package refuses larger inputs through its dynamic-shape bounds)."""
+    return dense_max_atoms(model.dtype, periodic, images)
 
 
 def export_program(module: _Exported, model: TensorNetModel) -> torch.export.ExportedProgram:
-    atoms = torch.export.Dim("atoms", min=2, max=1 << 20)
+    images = int(module.images)
+    top = max(3, min(1 << 20, max_atoms(model, module.periodic, images)))
+    atoms = torch.export.Dim("atoms", min=2, max=top)
     example = _example_inputs(model, module.periodic)
     shapes: dict[str, Any] = {"z": {0: atoms}, "pos": {0: atoms}}
     if module.periodic:
@@ -177,6 +208,7 @@ def metadata(model: TensorNetModel, periodic: bool, images: int, charge: float) 
         "max_z": str(int(c.max_z)),
         "periodic": "1" if periodic else "0",
         "images": str(int(images)),
+        "max_atoms": str(max(3, min(1 << 20, max_atoms(model, periodic, images)))),
         "charge": repr(float(charge)) if c.charge else "",
         "inputs": "z,pos,box" if periodic else "z,pos",
         "outputs": "energy,forces,stress" if periodic else "energy,forces",
@@ -323,22 +355,6 @@ def lammps_metadata(model: TensorNetModel, charge: float, backend: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- export_model
-class _Stages:
-    """Progress of one export: each stage's start, with the time since the export began."""
-
-    def __init__(self, report: Callable[[str], None] | None):
-        self.report = report
-        self.t0 = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.report is not None:
-            self.report(f"[{time.perf_counter() - self.t0:6.1f} s] {message}")
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-
 def export_model(
     model_or_path: TensorNetModel | str | os.PathLike = "default",
     out_path: str | os.PathLike = "tensornet.pt2",
@@ -349,8 +365,8 @@ def export_model(
     precision: int | None = None,
     lammps: bool = False,
     backend: str | None = None,
-    progress: Callable[[str], None] | None = None,
     verbose: bool = False,
+    log: Callable[[str], None] | None = None,
     **load_kwargs: Any,
 ) -> str:
     """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``), or
@@ -372,20 +388,29 @@ def export_model(
             given edge list in, energy, per-atom energies, forces and virial out.
         backend: LAMMPS package only: ``"cpu"`` (default; the compiled kernels, the host loads
             tensornet_fast's operator library) or ``"reference"`` (plain aten ops).
-        progress: called with one line per stage (``"[  12.3 s] tracing ..."``); the command
-            line prints them. ``verbose=True`` prints them to stderr.
+        verbose: print the stage lines to stderr (when no ``log`` is given).
+        log: called with a line as each stage starts and ends, with elapsed seconds
+            (``tensornet-fast export`` prints them: compilation takes minutes).
         **load_kwargs: passed to :func:`load_model` (e.g. ``layout=``).
 
-    Returns the package path. Measured on the 2-core development VM (shared, loaded): the
-    bundled model's molecule package ~3-5 min, most of it AOTInductor's C++ compilation (a C++
-    compiler is needed at export time, not to run the package).
+    Returns the package path. Takes minutes, most of it AOTInductor's C++ compilation (a C++
+    compiler is needed at export time, not to run the package): the bundled model's molecule
+    package took 423-531 s on the shared 2-core development VM (load ~6; 531 s = trace 54 s,
+    export 73 s, compile 404 s). The package takes any atom count from 2 up to its ``max_atoms``.
     """
-    if verbose and progress is None:
+    if precision not in (None, 32, 64):
+        raise InputError(f"precision must be 32, 64 or None, got {precision!r}")
+    if verbose and log is None:
 
-        def progress(line: str) -> None:
+        def log(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
 
-    stage = _Stages(progress)
+    t_start = time.perf_counter()
+
+    def stage(msg: str) -> None:
+        if log is not None:
+            log(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")
+
     if lammps and periodic:
         raise InputError("--lammps packages take LAMMPS's own cell handling: drop --periodic")
     if not lammps and backend not in (None, "reference"):
@@ -399,31 +424,30 @@ def export_model(
         if precision is not None:
             model = model.to(torch.float64 if precision == 64 else torch.float32)
     else:
-        stage(f"loading {os.fspath(model_or_path)}")
         overrides = {} if precision is None else {"precision": precision}
         model = load_model(
             model_or_path, backend="reference", device="cpu", **overrides, **load_kwargs
         )
     if model.device.type != "cpu":
-        raise ValueError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
+        raise InputError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
     out_path = os.fspath(out_path)
     if lammps:
-        stage(f"tracing energy, forces and virial for LAMMPS (backend {backend}, make_fx)")
+        stage(f"model loaded; tracing energy, forces and virial for LAMMPS (backend {backend})")
         gm = trace_lammps(model, charge=charge, backend=backend)
-        stage("exporting (torch.export, dynamic atom and edge counts)")
+        stage("traced; exporting the graph (torch.export, dynamic atom and edge counts)")
         program = export_lammps_program(gm, model)
         meta = lammps_metadata(model, charge, backend)
     else:
-        stage("tracing energy and forces (make_fx)")
+        stage("model loaded; tracing energy and forces (make_fx)")
         module = trace_model(model, periodic=periodic, images=images, charge=charge)
-        stage("exporting (torch.export, dynamic atom count)")
+        stage("traced; exporting the graph (torch.export)")
         program = export_program(module, model)
         meta = metadata(model, periodic, images, charge)
-    stage("compiling with AOTInductor (C++; the longest stage)")
+    stage("exported; compiling C++ with AOTInductor (the long stage: minutes on 2 cores)")
     path = torch._inductor.aoti_compile_and_package(
         program, package_path=out_path, inductor_configs={"aot_inductor.metadata": meta}
     )
-    stage(f"wrote {path} in {stage.elapsed:.0f} s: {json.dumps(meta)}")
+    stage(f"compiled and packaged: {path} {json.dumps(meta)}")
     return path
 
 

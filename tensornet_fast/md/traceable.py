@@ -15,7 +15,8 @@ Edges may carry MORE pairs than the cutoff (Verlet candidates, padding): every c
 edge is multiplied by the cosine cutoff phi(d), which is exactly 0 (value and gradient) for
 d >= cutoff_upper and, with a lower cutoff, for d <= cutoff_lower, so extra edges add exact zeros
 and the sums keep their order (edges sorted by receiver). Padding edges (``valid == False``) get
-a constant vector of length ``2 * max_cutoff + 1`` that does not depend on the positions. Pair
+a constant vector of length ``2 * max_cutoff + 1`` that does not depend on the positions (so do
+the self-loops of models without them, matgl's: the searches list one per atom). Pair
 priors (ZBL, D2) select their pairs with explicit masks. This is what makes the results equal
 those of the eager model (which passes exactly the pairs within the cutoff) to rounding.
 """
@@ -23,11 +24,13 @@ those of the eager model (which passes exactly the pairs within the cutoff) to r
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 
 import torch
 from torch import Tensor
 
-from ..errors import NotTraceable
+from ..errors import InputError, NotTraceable
 from ..model.assembly import det3, max_cutoff
 from ..neighbors import NeighborList, safe_norm
 
@@ -69,11 +72,15 @@ def edge_geometry(
     else:
         zero_shift = torch.ones_like(i, dtype=torch.bool)
     is_self = (i == j) & zero_shift
-    if edges.valid is not None:
+    valid = edges.valid
+    if not model.config.self_loops:
+        # A model without self-loops (matgl's) takes a listed self-loop as padding: exact zeros.
+        valid = ~is_self if valid is None else valid & ~is_self
+    if valid is not None:
         far = torch.zeros(1, 3, dtype=pos.dtype, device=pos.device)
         far[0, 0] = 2.0 * max_cutoff(model) + 1.0
-        vec = torch.where(edges.valid[:, None], vec, far)
-        is_self = is_self & edges.valid
+        vec = torch.where(valid[:, None], vec, far)
+        is_self = is_self & valid
     return vec, safe_norm(vec, is_self), is_self, zero_shift
 
 
@@ -107,6 +114,25 @@ def inv3(b: Tensor) -> Tensor:
     return torch.stack(cols, dim=1) / det3(b)
 
 
+def dense_budget_bytes() -> float:
+    """Bytes of the brute-force difference tensor of ``dense_edges``: 4 GiB by default."""
+    value = os.environ.get("TENSORNET_FAST_DENSE_MAX_GB")
+    try:
+        return float(value) * 2**30 if value else 4.0 * 2**30
+    except ValueError:
+        raise InputError(f"TENSORNET_FAST_DENSE_MAX_GB must be a number, got {value!r}") from None
+
+
+def dense_shifts(periodic: bool, images: int) -> int:
+    return (2 * images + 1) ** 3 if periodic else 1
+
+
+def dense_max_atoms(dtype: torch.dtype, periodic: bool, images: int) -> int:
+    """The most atoms ``dense_edges`` takes within the budget ([N, N, S, 3] elements)."""
+    per_pair = dense_shifts(periodic, images) * 3 * torch.finfo(dtype).bits // 8
+    return max(2, int(math.isqrt(int(dense_budget_bytes() // per_pair))))
+
+
 def dense_edges(pos: Tensor, cutoff: float, box: Tensor | None = None, images: int = 1) -> Edges:
     """All pairs (and self-loops) of ONE molecule within ``cutoff`` by a brute-force search in
     plain aten ops (``nonzero`` gives a data-dependent edge count), sorted by receiver, sender,
@@ -114,8 +140,19 @@ def dense_edges(pos: Tensor, cutoff: float, box: Tensor | None = None, images: i
 
     ``box`` [3, 3]: periodic, with lattice shifts -images..images per axis applied to the
     wrapped positions; exact when every plane spacing of the cell is >= cutoff / images.
-    Memory O(N^2 (2 images + 1)^3): meant for molecules and small cells."""
+    Memory O(N^2 (2 images + 1)^3): meant for molecules and small cells. Eager calls over the
+    budget (``dense_max_atoms``) raise ``InputError``; exported packages carry it as the
+    largest atom count they accept."""
     n = pos.shape[0]
+    if isinstance(n, int) and not torch.compiler.is_compiling():
+        limit = dense_max_atoms(pos.dtype, box is not None, images)
+        if n > limit:
+            shifts = dense_shifts(box is not None, images)
+            raise InputError(
+                f"dense_edges on {n} atoms needs a [{n}, {n}, {shifts}, 3] difference tensor, "
+                f"more than the budget of {dense_budget_bytes() / 2**30:g} GiB "
+                f"(TENSORNET_FAST_DENSE_MAX_GB; at most {limit} atoms here)"
+            )
     p = pos.detach()
     eye = torch.eye(n, dtype=torch.bool, device=pos.device)
     if box is None:

@@ -16,6 +16,7 @@ symmetrised; both by autograd through the backend's (hand-written or autograd) b
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -49,8 +50,10 @@ def has_pair_priors(model) -> bool:
 class SearchEdges:
     """Eager edges: one radius graph (compiled cell list) per call, searched up to the largest
     cutoff of the network and its pair priors. The network gets exactly the pairs within
-    [cutoff_lower, cutoff_upper) plus one self-loop per atom; the pair priors pick theirs from
-    the same list by distance."""
+    [cutoff_lower, cutoff_upper) plus one self-loop per atom (none for models without
+    ``self_loops``: matgl's); the pair priors pick theirs from the same list by distance.
+    Subclasses replace ``search`` (``md.step``: a Verlet list's candidates cut to the same
+    pairs) and keep the split."""
 
     def __init__(self, model, batch: Tensor):
         c = model.config
@@ -58,12 +61,22 @@ class SearchEdges:
         self.cutoff = max_cutoff(model)
         self.lower = 0.0 if has_pair_priors(model) else c.cutoff_lower
         self.network_range = (c.cutoff_lower, c.cutoff_upper)
+        self.loop = c.self_loops
+
+    def search(self, positions: Tensor, cell: Tensor | None) -> NeighborList:
+        """Every pair within [lower, cutoff) and one self-loop per atom (if the model has
+        them), sorted by receiver."""
+        return radius_graph_full(
+            positions, self.cutoff, self.batch, cell, loop=self.loop, cutoff_lower=self.lower
+        )
 
     def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
-        nl = radius_graph_full(
-            positions, self.cutoff, self.batch, cell, loop=True, cutoff_lower=self.lower
-        )
+        nl = self.search(positions, cell)
         reject_coincident(nl)
+        return self.split(nl)
+
+    def split(self, nl: NeighborList) -> tuple[NeighborList, NeighborList]:
+        """(the network's edges, the pair priors' edges) of one searched list."""
         lo, hi = self.network_range
         if (self.lower, self.cutoff) == (lo, hi):
             return nl, nl
@@ -166,6 +179,53 @@ class _FirstOrderOnly(torch.autograd.Function):
         )
 
 
+def check_finite_outputs(model, out: dict[str, Tensor], system: System) -> None:
+    """Raise ``InputError`` when an output is NaN or inf (one reduction and one host read per
+    call; eager calls synchronise anyway). The inputs were checked, so the likely causes are
+    named: non-finite or extreme weights, or an overflow inside the network."""
+    values = [v for v in out.values() if v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(v).all() for v in values])
+    if bool(flags.all()):
+        return
+    bad = [k for k, v in out.items() if not bool(torch.isfinite(v).all())]
+    raise InputError(
+        f"the model returned NaN/inf {' and '.join(bad)} "
+        f"(molecules {_bad_molecules(out, system)}): {_likely_cause(model)}"
+    )
+
+
+def _bad_molecules(out: dict[str, Tensor], system: System) -> list[int]:
+    bad = ~torch.isfinite(out["energy"].detach()).all(1)
+    if "forces" in out:
+        atoms = ~torch.isfinite(out["forces"].detach()).all(1)
+        if system.order is not None:
+            atoms = atoms[system.order]
+        bad = bad.clone()
+        bad[system.batch[atoms]] = True
+    return torch.nonzero(bad).flatten()[:5].tolist()
+
+
+def _likely_cause(model) -> str:
+    with torch.no_grad():
+        named = list(model.named_parameters()) + list(model.named_buffers())
+        for name, t in named:
+            if t.is_floating_point() and not name.endswith((".C_6", ".R_r")):
+                if not bool(torch.isfinite(t).all()):
+                    return f"the weight {name} holds NaN/inf"
+        top = max(
+            (float(t.abs().max()), name) for name, t in named if t.is_floating_point() and t.numel()
+        )
+    if top[0] > 1e4:
+        return (
+            f"the weights are extreme (|{top[1]}| reaches {top[0]:.3g}): an overflow inside "
+            "the network; check the checkpoint or the edit that changed them"
+        )
+    return (
+        "an overflow inside the network (weights up to "
+        f"|{top[1]}| = {top[0]:.3g}); try precision=64 or check the inputs' units"
+    )
+
+
 def evaluate(
     model,
     system: System,
@@ -202,7 +262,7 @@ def evaluate(
     second_order = keep_graph and backend.parameter_gradients
     if stress and system.cell is None:
         raise ValueError("stress needs a periodic cell")
-    with torch.set_grad_enabled(forces or stress or keep_graph):
+    with backend.threads(pos.shape[0]), torch.set_grad_enabled(forces or stress or keep_graph):
         leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(forces)
         positions, cell = leaf, system.cell
         if stress:
@@ -243,4 +303,21 @@ def evaluate(
                 out[key] = torch.empty_like(out[key]).index_copy(0, system.order, out[key])
     if not keep_graph:
         out = {k: v.detach() for k, v in out.items()}
+    if not static:  # traced / captured calls cannot synchronise: their callers check
+        check_finite_outputs(model, out, system)
     return out
+
+
+def autograd_allowed():
+    """A context that lets autograd record (forces are dE/dpos) under a caller's
+    ``torch.inference_mode()``; a no-op otherwise."""
+    if torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def normal_tensor(t):
+    """``t`` as a tensor autograd can record (a clone of an inference-mode tensor)."""
+    if isinstance(t, Tensor) and t.is_inference():
+        return t.clone()
+    return t

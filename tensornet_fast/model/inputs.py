@@ -5,13 +5,16 @@ raises ``InputError`` naming the argument, the value and what is allowed."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..backends import warn_once
-from ..errors import InputError
+from ..errors import DomainWarning, InputError
 from ..neighbors import box_per_molecule
+from ..neighbors.graph import check_molecule_count, check_positions
+from .elements import element_rows, symbol, symbols
 
 
 @dataclasses.dataclass
@@ -19,7 +22,7 @@ class System:
     """Checked inputs of one call, atoms sorted by molecule (the order every search and
     reduction assumes)."""
 
-    z: Tensor  # [N] int64 atom types
+    z: Tensor  # [N] int64 atom types (embedding rows: atomic numbers mapped for matgl models)
     pos: Tensor  # [N, 3] positions in the model's dtype (sorted; keeps the caller's graph)
     batch: Tensor  # [N] int64 molecule index, non-decreasing
     n_mol: int
@@ -29,14 +32,44 @@ class System:
     order: Tensor | None = None  # the sorting permutation; None when already sorted
 
 
-def check_atoms(model, z: Tensor, pos: Tensor, batch: Tensor | None, q: Tensor | None):
-    """(z int64 [N], batch int64 [N]) after the shape, dtype, device and value checks."""
-    if not isinstance(z, Tensor) or z.dim() != 1:
-        raise InputError(f"z must be a 1-D tensor of atom types, got {getattr(z, 'shape', z)}")
-    if z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
-        raise InputError(f"z must be an integer tensor, got {z.dtype}")
-    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
-        raise InputError(f"pos must be [n_atoms, 3], got {getattr(pos, 'shape', pos)}")
+def _tensor(name: str, value, dtype: torch.dtype | None, device) -> Tensor:
+    """A tensor from a tensor, numpy array, list or number (``dtype`` None: keep an integer
+    array's integers as int64)."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        out = torch.as_tensor(np.asarray(value) if not np.isscalar(value) else value)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(
+            f"{name} must be a tensor, numpy array or list of numbers, got {type(value).__name__}"
+        ) from None
+    if out.dtype == torch.bool or not (out.dtype.is_floating_point or _is_int(out.dtype)):
+        if dtype is not None or out.dtype == torch.bool:
+            raise InputError(f"{name} must hold numbers, got {out.dtype} values")
+    if dtype is not None:
+        out = out.to(dtype)
+    return out.to(device)
+
+
+def _is_int(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def check_atoms(model, z, pos, batch, q):
+    """(z int64 [N], pos [N, 3], batch int64 [N]) after the shape, dtype, device and value
+    checks; numpy arrays and lists become tensors of the model's dtype and device."""
+    dev = model.device
+    z = _tensor("z", z, None, dev)
+    pos_given_as_tensor = isinstance(pos, Tensor)
+    pos = _tensor("pos", pos, None if pos_given_as_tensor else model.dtype, dev)
+    if batch is not None:
+        batch = _tensor("batch", batch, None, dev)
+    if z.dim() != 1:
+        raise InputError(f"z must be a 1-D tensor of atom types, got shape {tuple(z.shape)}")
+    if not _is_int(z.dtype):
+        raise InputError(f"z must be an integer tensor of atom types, got {z.dtype}")
+    if pos.dim() != 2 or pos.shape[1] != 3:
+        raise InputError(f"pos must be [n_atoms, 3], got {tuple(pos.shape)}")
     if pos.shape[0] != z.shape[0]:
         raise InputError(f"z has {z.shape[0]} atoms but pos has {pos.shape[0]}")
     if z.shape[0] == 0:
@@ -49,41 +82,91 @@ def check_atoms(model, z: Tensor, pos: Tensor, batch: Tensor | None, q: Tensor |
     for name, t in (("z", z), ("pos", pos), ("batch", batch), ("q", q)):
         if isinstance(t, Tensor) and t.device != model.device:
             raise InputError(f"{name} is on {t.device} but the model is on {model.device}")
-    if not bool(torch.isfinite(pos).all()):
-        bad = torch.nonzero(~torch.isfinite(pos).all(1)).flatten()[:5].tolist()
-        raise InputError(f"positions contain NaN or inf (atoms {bad})")
+    check_positions(pos)
     z = z.long()
+    if model.config.element_types is not None:  # z are atomic numbers: map them to rows
+        z = element_rows(model.config.element_types, z)
     max_z = model.config.max_z
     out_of_range = (z < 0) | (z >= max_z)
     if bool(out_of_range.any()):
         bad = torch.unique(z[out_of_range])[:10].tolist()
-        raise InputError(f"atom types {bad} are outside this model's range 0..{max_z - 1}")
+        known = model.elements if model.elements is not None else range(1, max_z)
+        raise InputError(
+            "; ".join(
+                f"{symbol(v)} is not among this model's elements {symbols(known)}"
+                if v >= 0
+                else f"z={v} is not an atomic number"
+                for v in bad
+            )
+        )
     if batch is None:
         batch = torch.zeros_like(z)
-    elif batch.shape != z.shape or batch.dtype.is_floating_point:
-        raise InputError(f"batch must be an integer tensor of shape {tuple(z.shape)}")
+    elif batch.shape != z.shape or not _is_int(batch.dtype):
+        raise InputError(
+            f"batch must be an integer tensor of shape {tuple(z.shape)}, got "
+            f"{batch.dtype} of shape {tuple(batch.shape)}"
+        )
     elif bool((batch < 0).any()):
         raise InputError("batch indices must be >= 0")
-    return z, batch.long()
+    return z, pos, batch.long()
 
 
-def charge_factor(model, q: Tensor | None, batch: Tensor, n_mol: int) -> Tensor:
+def check_domain(model, z: Tensor, q) -> None:
+    """Warn (``DomainWarning``) once per model and new set of problems when the input lies
+    outside what the model was trained on (``TensorNetModel.domain_issues``)."""
+    outside = None
+    # z are embedding rows here; a model with an element list (matgl) took atomic numbers and
+    # refused other elements in check_atoms
+    if model.elements is not None and model.config.element_types is None:
+        mask = model.__dict__.get("_trained_mask")
+        if mask is None or mask.device != z.device:
+            mask = torch.zeros(model.config.max_z, dtype=torch.bool, device=z.device)
+            mask[list(model.elements)] = True
+            model.__dict__["_trained_mask"] = mask
+        if not bool(mask.index_select(0, z).all()):
+            outside = z
+    charged = q is not None and not model.config.charge
+    if outside is None and not charged:
+        return
+    issues = model.domain_issues(torch.unique(outside) if outside is not None else [], q)
+    elements = tuple(i for i in issues if not i.startswith("total charge"))
+    key = (elements, len(elements) != len(issues))  # (element issues, charged)
+    warned = model.__dict__.setdefault("_domain_warned", set())
+    if issues and key not in warned:
+        warned.add(key)
+        warnings.warn(
+            "input outside the model's training domain (the numbers are extrapolation): "
+            + "; ".join(issues),
+            DomainWarning,
+            stacklevel=4,
+        )
+
+
+def check_charges(q, n_mol: int, device) -> Tensor | None:
+    """Total charges as a float64 tensor of 1 or n_mol finite values, or None."""
+    if q is None:
+        return None
+    q = _tensor("q", q, torch.float64, device)
+    if q.dim() > 1 or q.numel() not in (1, n_mol):
+        raise InputError(
+            f"q must hold one total charge per molecule ({n_mol}) or one for all, got "
+            f"shape {tuple(q.shape)}"
+        )
+    if not bool(torch.isfinite(q).all()):
+        raise InputError(f"q (total charge) must be finite, got {q.reshape(-1)[:5].tolist()}")
+    return q
+
+
+def charge_factor(model, q, batch: Tensor, n_mol: int) -> Tensor:
     """1 + 0.1 q per atom; q is the molecules' total charge, used iff the model has charge."""
+    q = check_charges(q, n_mol, batch.device)
     if q is not None and not model.config.charge:
-        if bool((torch.as_tensor(q) != 0).any()):
-            warn_once(
-                "q-ignored",
-                "this checkpoint was trained without total charges (charge: false); "
-                "q is ignored, as torchmd-net's trainer ignores it for such models",
-            )
-        q = None
+        q = None  # ignored, as torchmd-net's trainer ignores it; check_domain warned
     if q is None:
         return torch.ones(batch.shape[0], dtype=model.dtype, device=batch.device)
-    q = torch.as_tensor(q, device=batch.device).to(model.dtype).reshape(-1)
+    q = q.to(model.dtype).reshape(-1)
     if q.numel() == 1 and n_mol > 1:
         q = q.expand(n_mol)
-    if q.shape[0] != n_mol:
-        raise InputError(f"q must hold one total charge per molecule ({n_mol}), got {q.shape[0]}")
     return 1.0 + 0.1 * q[batch]
 
 
@@ -96,19 +179,22 @@ def default_box(model) -> Tensor | None:
 
 def prepare_system(
     model,
-    z: Tensor,
-    pos: Tensor,
-    batch: Tensor | None = None,
-    box: Tensor | None = None,
-    q: Tensor | None = None,
+    z,
+    pos,
+    batch=None,
+    box=None,
+    q=None,
     *,
     stress: bool = False,
     sort: bool = True,
 ) -> System:
     """Check one call's inputs and sort its atoms by molecule (``sort=False``: refuse an
     unsorted batch instead, for callers whose buffers are fixed)."""
-    z, batch = check_atoms(model, z, pos, batch, q)
+    z, pos, batch = check_atoms(model, z, pos, batch, q)
     n_mol = int(batch.max()) + 1
+    check_molecule_count(n_mol, z.shape[0])
+    q = check_charges(q, n_mol, z.device)
+    check_domain(model, z, q)
     if box is None:
         box = default_box(model)
     if stress and box is None:

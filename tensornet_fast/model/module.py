@@ -13,12 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import FILTER_MODES, Backend, select
+from ..backends.shared.cache import track_parameters
 from ..backends.shared.tables import filter_tables
 from ..errors import CheckpointError, InputError
 from ..neighbors import NeighborList
-from .assembly import SearchEdges, evaluate, max_cutoff
+from .assembly import SearchEdges, autograd_allowed, evaluate, max_cutoff, normal_tensor
 from .config import ModelConfig
-from .formats.torchmdnet import load_checkpoint
+from .elements import symbol, symbols
+from .formats import read_model
 from .inputs import default_box, prepare_system
 from .params import PRIOR_PARAMS, OutputParams, RepresentationParams
 
@@ -41,9 +43,12 @@ class TensorNetModel(nn.Module):
         device: str | torch.device = "cpu",
     ):
         super().__init__()
+        if not isinstance(derivative, bool):
+            raise InputError(f"derivative must be True or False, got {derivative!r}")
         self.config = config
         self.derivative = derivative
-        self.backend_impl = select(backend, device)
+        self.elements: tuple[int, ...] | None = None  # trained elements; set by load_model
+        self.backend_impl = select(backend, _device(device))
         self.filter_mode = filter_mode  # validated by the setter; kept as filter_request
         self.representation_model = RepresentationParams(config)
         self.output_model = OutputParams(config)
@@ -51,6 +56,7 @@ class TensorNetModel(nn.Module):
         self.prior_model = nn.ModuleList(priors) if priors else None
         self.register_buffer("mean", torch.zeros((), dtype=config.dtype))
         self.register_buffer("std", torch.ones((), dtype=config.dtype))
+        track_parameters(self)  # p.data edits bump the version the derived state is keyed on
 
     # ------------------------------------------------------------------ properties
     @property
@@ -102,6 +108,30 @@ class TensorNetModel(nn.Module):
                 f"backend {self.backend!r} has {self.backend_impl.filter_modes}"
             )
         self.filter_request = mode
+
+    def domain_issues(self, z, q=None) -> list[str]:
+        """Why this input is outside what the model was trained on, in words (empty when it is
+        not): elements outside ``elements`` (by symbol), a nonzero total charge for a model
+        trained without charges. ``z``: atomic numbers (tensor, array or list); ``q``: total
+        charge(s) or None. Atom types the model cannot take at all are errors of the call
+        itself (``InputError``), not listed here."""
+        zs = sorted({int(v) for v in torch.as_tensor(z).reshape(-1).tolist()})
+        issues = []
+        # a model with an element list (matgl) refuses other elements (InputError)
+        if self.elements is not None and self.config.element_types is None:
+            known = symbols(self.elements)
+            for v in zs:
+                if 0 <= v < self.config.max_z and v not in self.elements:
+                    issues.append(f"{symbol(v)} is not among this model's trained elements {known}")
+        if q is not None and not self.config.charge:
+            qs = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
+            if bool((qs != 0).any()):
+                issues.append(
+                    f"total charge {_fmt_charges(qs)} given to a model trained without total "
+                    "charges (charge: false): q is ignored and the energy is that of the neutral "
+                    "training domain"
+                )
+        return issues
 
     def filter_tables(self) -> list:
         """The tabulated filters (``shared.tables.Spline``, one per radial filter, each with its
@@ -156,6 +186,14 @@ class TensorNetModel(nn.Module):
         and the positions; needs a periodic box) and ``atom_energies`` [N] (summing to the
         energies). Arguments as in ``forward``.
         """
+        if torch.is_inference_mode_enabled():
+            # forces and stress are autograd results: record them with inference mode off
+            # locally (inputs made in inference mode are cloned into normal tensors)
+            with autograd_allowed():
+                args = (normal_tensor(t) for t in (z, pos, batch, box, q))
+                return self.compute(
+                    *args, forces=forces, stress=stress, atom_energies=atom_energies
+                )
         system = prepare_system(self, z, pos, batch, box, q, stress=stress)
         return evaluate(
             self,
@@ -168,6 +206,20 @@ class TensorNetModel(nn.Module):
 
     def _default_box(self) -> Tensor | None:
         return default_box(self)
+
+
+def _fmt_charges(qs: Tensor) -> str:
+    vals = sorted({float(v) for v in qs.tolist()})
+    return ", ".join(f"{v:g}" for v in vals[:5]) + (" ..." if len(vals) > 5 else "")
+
+
+def _device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise InputError(
+            f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}"
+        ) from None
 
 
 def _resize_to_checkpoint(model: TensorNetModel, state: Mapping[str, Tensor]) -> None:
@@ -243,13 +295,20 @@ def load_model(
     backend: str | Backend = "auto",
     layout: str = "auto",
     filter_mode: str = "auto",
+    trust_pickle: bool = False,
+    matgl_convention: int | str = "auto",
     **overrides: Any,
 ) -> TensorNetModel:
-    """Load a torchmd-net TensorNet checkpoint (``.ckpt``) or a plain state dict.
+    """Load a torchmd-net TensorNet checkpoint (``.ckpt``), a plain state dict or a matgl
+    TensorNet model folder.
 
     Args:
-        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), or an already
-            loaded checkpoint/state-dict mapping.
+        path: checkpoint file, a name from ``NAMED_MODELS`` (``"default"``), an already
+            loaded checkpoint/state-dict mapping, a matgl model folder (``model.json``,
+            ``model.pt``, ``state.pt``; docs/matgl.md) or ``"matgl:<name>"`` (a pretrained
+            model matgl has downloaded into its cache, e.g.
+            ``"matgl:TensorNet-MatPES-PBE-v2025.1-PES"``). matgl models take atomic numbers
+            as ``z`` and give eV and Angstrom.
         device: where the model lives.
         derivative: also return forces (-dE/dpos), as torchmd-net's ``derivative=True``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` (see
@@ -268,12 +327,29 @@ def load_model(
             >= 3.0) or ``"interleaved"`` (torchmd-net <= 2.6.2). ``auto`` reads files that carry
             the ``check_errors`` hyper-parameter (torchmd-net < 2.6.2) as interleaved and all
             others as blocked: files from torchmd-net 2.6.2 need ``layout="interleaved"``.
+        trust_pickle: unpickle the file with ``weights_only=False`` (runs whatever code the
+            pickle names: only for files you trust). By default the file is read with
+            ``weights_only=True`` and an allow-list of the types torchmd-net / Lightning
+            checkpoints hold; anything else is refused with ``CheckpointError`` before it runs.
+        matgl_convention: embedding convention of a matgl folder: ``"auto"`` (TensorNet
+            ``@model_version`` 1, i.e. matgl <= 2.1 and every pretrained folder: 1; else 2),
+            ``1`` or ``2``. ``model.config.embedding_convention`` says which was used.
         **overrides: hyper-parameters replacing the file's (e.g. ``precision=64`` to run in
-            float64, ``remove_ref_energy=False`` to add the Atomref energies back).
+            float64, ``remove_ref_energy=False`` to add the Atomref energies back; matgl
+            folders take ``precision`` only); a bad value raises ``InputError`` naming it.
+
+    The returned model knows the elements it was trained on (``model.elements``: from the
+    checkpoint's ``elements`` entry or its Atomref table; None when unknown) and warns once per
+    new set of elements outside them (``model.domain_issues``).
     """
+    if not isinstance(trust_pickle, bool):
+        raise InputError(f"trust_pickle must be True or False, got {trust_pickle!r}")
     if isinstance(path, str) and path in NAMED_MODELS:
         path = NAMED_MODELS[path]
-    config, state, _ = load_checkpoint(path, layout=layout, overrides=overrides)
+    config, state, source, elements = read_model(
+        path, layout, matgl_convention, overrides, trust_pickle=trust_pickle
+    )
+    device = _device(device)
     model = build_model(
         config,
         state,
@@ -282,4 +358,6 @@ def load_model(
         filter_mode=filter_mode,
         device=device,
     )
+    model.elements = elements
+    model.source = source
     return model.to(device)

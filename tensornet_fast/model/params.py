@@ -16,11 +16,14 @@ def _linear(fan_in: int, fan_out: int, dtype: torch.dtype, bias: bool = True) ->
 
 
 class RadialBasis(nn.Module):
-    """expnorm: ``means``/``betas``; gauss: ``offset``/``coeff`` (parameters when trainable)."""
+    """expnorm: ``means``/``betas``; gauss: ``offset``/``coeff`` (parameters when trainable);
+    smooth_bessel (matgl): no weights, the basis is fixed by K and the cutoff."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         k, dtype = config.num_rbf, config.dtype
+        if config.rbf_type == "smooth_bessel":
+            return
         names = ("means", "betas") if config.rbf_type == "expnorm" else ("offset", "coeff")
         shapes = ((k,), (k,)) if config.rbf_type == "expnorm" else ((k,), ())
         for name, shape in zip(names, shapes):
@@ -88,10 +91,32 @@ class ScalarHeadParams(nn.Module):
         self.layers = nn.Sequential(*layers)
 
 
+class GatedHeadParams(nn.Module):
+    """matgl's gated readout (``final_layer.gated``): ``layers`` and ``gates``, each Linear
+    widths F -> w_1 -> ... -> w_n (``config.readout_widths``) at indices 0, 2, 4, ... with the
+    activations between them (no weights) at the odd indices."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dtype = config.dtype
+        for name in ("layers", "gates"):
+            mods: list[nn.Module] = []
+            fan_in = config.embedding_dimension
+            for k, width in enumerate(config.readout_widths):
+                if k:
+                    mods.append(nn.Identity())
+                mods.append(_linear(fan_in, width, dtype))
+                fan_in = width
+            setattr(self, name, nn.Sequential(*mods))
+
+
 class OutputParams(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.output_network = ScalarHeadParams(config)
+        if config.readout == "gated":
+            self.gated = GatedHeadParams(config)
+        else:
+            self.output_network = ScalarHeadParams(config)
 
 
 class AtomrefParams(nn.Module):

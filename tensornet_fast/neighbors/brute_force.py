@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .graph import NeighborList, safe_norm, validate_graph_inputs
+from ..errors import InputError
+from .graph import NeighborList, max_edges, safe_norm, validate_graph_inputs
 
 # Row chunk of the brute-force search: chunk * n_atoms * n_images candidate pairs at most.
 _MAX_CANDIDATES = 1 << 22
@@ -35,6 +36,7 @@ def _molecule_pairs(
     cutoff: float,
     cutoff_lower: float,
     loop: bool,
+    budget: list[int],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """All (i, j, shift) within one molecule (local indices), self-loop handling included."""
     n = pos.shape[0]
@@ -51,22 +53,33 @@ def _molecule_pairs(
         shifts = torch.cartesian_prod(*axes)  # [S, 3]
     shift_vecs = shifts @ box.detach() if box is not None else shifts  # [S, 3]
     zero_shift = int((shifts.abs().sum(1) == 0).nonzero()[0])
-    chunk = max(1, _MAX_CANDIDATES // max(1, n * shifts.shape[0]))
+    n_shifts = shifts.shape[0]
+    # blocks of rows x shifts with at most _MAX_CANDIDATES candidate pairs each
+    s_chunk = max(1, min(n_shifts, _MAX_CANDIDATES // max(1, n)))
+    chunk = max(1, _MAX_CANDIDATES // max(1, n * s_chunk))
     cut2, low2 = cutoff * cutoff, cutoff_lower * cutoff_lower
     found_i, found_j, found_s = [], [], []
+    cols = torch.arange(n, device=p.device)
     for start in range(0, n, chunk):
         rows = torch.arange(start, min(n, start + chunk), device=p.device)
-        diff = p[rows, None, None, :] - p[None, :, None, :] + shift_vecs[None, None]  # [c, N, S, 3]
-        d2 = (diff * diff).sum(-1)
-        keep = (d2 < cut2) & (d2 >= low2)
-        is_self = (rows[:, None] == torch.arange(n, device=p.device)[None, :])[..., None] & (
-            torch.arange(shifts.shape[0], device=p.device) == zero_shift
-        )
-        keep &= ~is_self
-        ci, cj, cs = keep.nonzero(as_tuple=True)
-        found_i.append(rows[ci])
-        found_j.append(cj)
-        found_s.append(cs)
+        for s0 in range(0, n_shifts, s_chunk):
+            sv = shift_vecs[s0 : s0 + s_chunk]
+            diff = p[rows, None, None, :] - p[None, :, None, :] + sv[None, None]  # [c, N, s, 3]
+            d2 = (diff * diff).sum(-1)
+            keep = (d2 < cut2) & (d2 >= low2)
+            sid = torch.arange(s0, s0 + sv.shape[0], device=p.device)
+            is_self = (rows[:, None] == cols[None, :])[..., None] & (sid == zero_shift)
+            keep &= ~is_self
+            ci, cj, cs = keep.nonzero(as_tuple=True)
+            budget[0] -= ci.shape[0]
+            if budget[0] < 0:
+                raise InputError(
+                    f"the radius graph has more than {max_edges():.3g} edges, the budget "
+                    "(TENSORNET_FAST_MAX_EDGES); check the positions' units and the cutoff"
+                )
+            found_i.append(rows[ci])
+            found_j.append(cj)
+            found_s.append(cs + s0)
     if loop:
         idx = torch.arange(n, device=p.device)
         found_i.append(idx)
@@ -90,13 +103,16 @@ def radius_graph_reference(
     batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
     n = pos.shape[0]
     ii, jj, ss = [], [], []
+    budget = [max_edges()]  # edges left, counted down while searching
     if n:
         counts = torch.bincount(batch)
         starts = torch.cumsum(counts, 0) - counts
         for mol in torch.nonzero(counts).flatten().tolist():
             lo, cnt = int(starts[mol]), int(counts[mol])
             mol_box = boxes[mol] if boxes is not None else None
-            i, j, s = _molecule_pairs(pos[lo : lo + cnt], mol_box, cutoff, cutoff_lower, loop)
+            i, j, s = _molecule_pairs(
+                pos[lo : lo + cnt], mol_box, cutoff, cutoff_lower, loop, budget
+            )
             ii.append(i + lo)
             jj.append(j + lo)
             ss.append(s)

@@ -37,6 +37,17 @@ def compiled_ops():
     return _extension.ops()
 
 
+def run_op(name: str, *args):
+    """Call a compiled search op; its input errors (``TORCH_CHECK_VALUE``: ValueError, e.g. the
+    edge budget, a singular cell, too many images for the edge keys) become ``InputError``."""
+    try:
+        return getattr(compiled_ops(), name)(*args)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(f"radius graph: {str(exc).splitlines()[0]}") from None
+
+
 def compiled_device_ok(device: torch.device) -> bool:
     if device.type == "cpu":
         return compiled_available()
@@ -153,7 +164,8 @@ def compiled_search(
     cutoff_lower: float,
 ) -> NeighborList:
     box64 = boxes.detach().double().contiguous() if boxes is not None else None
-    edge_index, shifts, vec, dist, row_ptr = compiled_ops().radius_graph(
+    edge_index, shifts, vec, dist, row_ptr = run_op(
+        "radius_graph",
         pos.detach().contiguous(),
         batch.contiguous(),
         box64,

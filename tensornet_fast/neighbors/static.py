@@ -12,7 +12,13 @@ from torch import Tensor
 
 from ..errors import InputError, NeighborListOverflowError
 from . import search as _search
-from .graph import NeighborList, validate_graph_inputs
+from .graph import (
+    MAX_CELLS_AWAY,
+    MAX_COORDINATE,
+    NeighborList,
+    max_edges,
+    validate_graph_inputs,
+)
 
 
 @dataclasses.dataclass
@@ -53,8 +59,9 @@ class StaticNeighborList:
         needed, out_of_plan = (int(x) for x in self.status.tolist())
         if out_of_plan:
             raise NeighborListOverflowError(
-                "a position moved beyond the range the static radius graph was planned for "
-                "(max_abs): build a new StaticRadiusGraph from the current positions",
+                "a position is NaN or inf, or moved beyond the range the static radius graph "
+                "was planned for (max_abs): check the positions, or build a new "
+                "StaticRadiusGraph from the current ones",
                 0,
                 self.capacity,
             )
@@ -126,16 +133,35 @@ class StaticRadiusGraph:
             )
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
             raise InputError(f"capacity must be an integer >= 0, got {capacity!r}")
+        if capacity > max_edges():
+            raise InputError(
+                f"capacity {capacity} is more than the edge budget of {max_edges():.3g} "
+                "(TENSORNET_FAST_MAX_EDGES)"
+            )
         batch, boxes = validate_graph_inputs(pos, cutoff, batch, box, cutoff_lower)
         n = pos.shape[0]
         host = pos.detach().double().cpu()
         extent = float(host.abs().max()) if n else 0.0
+        # the rounding margin grows with max_abs: keep it within the coordinate budgets
+        limit = MAX_COORDINATE
+        if boxes is not None and n:
+            b = boxes.detach().double()
+            cross = torch.linalg.cross(b[:, [1, 2, 0]], b[:, [2, 0, 1]], dim=-1)  # [M, 3, 3]
+            volume = (b[:, 0] * cross[:, 0]).sum(-1).abs()
+            spacing = float((volume[:, None] / cross.norm(dim=-1)).min())
+            limit = min(limit, MAX_CELLS_AWAY * spacing)
         if max_abs is None:
-            max_abs = 4.0 * extent + 1000.0 * cutoff
-        if not (math.isfinite(max_abs) and max_abs >= extent):
-            raise InputError(f"max_abs must be finite and >= {extent}, got {max_abs}")
+            max_abs = min(4.0 * extent + 1000.0 * cutoff, max(limit, extent))
+        if isinstance(max_abs, bool) or not isinstance(max_abs, (int, float)):
+            raise InputError(f"max_abs must be a number, got {max_abs!r}")
+        if not (math.isfinite(max_abs) and extent <= max_abs <= max(limit, extent)):
+            raise InputError(
+                f"max_abs must be finite, >= the largest |coordinate| {extent:.6g} and <= "
+                f"{limit:.6g} (the coordinate budget), got {max_abs}"
+            )
         box64 = boxes.detach().double().cpu().contiguous() if boxes is not None else None
-        self.plan = _search.compiled_ops().radius_graph_plan(
+        self.plan = _search.run_op(
+            "radius_graph_plan",
             host.contiguous(),
             batch.cpu().contiguous(),
             box64,
@@ -166,7 +192,8 @@ class StaticRadiusGraph:
                 f"pos must be {self.dtype} on {self.device} as planned, got {pos.dtype} on "
                 f"{pos.device}"
             )
-        _search.compiled_ops().radius_graph_static(
+        _search.run_op(
+            "radius_graph_static",
             pos.detach().contiguous(),
             self.batch,
             self.plan,

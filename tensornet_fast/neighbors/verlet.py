@@ -24,7 +24,9 @@ class SkinRule:
     """
 
     def __init__(self, skin: float):
-        if not (isinstance(skin, (int, float)) and math.isfinite(skin) and skin >= 0):
+        if isinstance(skin, bool) or not (
+            isinstance(skin, (int, float)) and math.isfinite(skin) and skin >= 0
+        ):
             raise InputError(f"skin must be a finite number >= 0, got {skin!r}")
         self.skin = float(skin)
         self.reference: Tensor | None = None  # positions at the last build
@@ -45,7 +47,8 @@ class SkinRule:
             return False
         moved2 = float(((pos.detach() - ref) ** 2).sum(1).max())
         half = 0.5 * self.skin * (1.0 - 1e-9)
-        return moved2 > half * half
+        # NaN (a NaN position) counts as moved: the rebuild's search then reports it
+        return not (moved2 <= half * half)
 
 
 class VerletList:
@@ -68,8 +71,20 @@ class VerletList:
         backend: str | None = None,
     ):
         self.rule = SkinRule(skin)
-        if not math.isfinite(cutoff) or cutoff <= 0:
-            raise InputError(f"cutoff must be a positive finite number, got {cutoff}")
+        if (
+            isinstance(cutoff, bool)
+            or not isinstance(cutoff, (int, float))
+            or not math.isfinite(cutoff)
+            or cutoff <= 0
+        ):
+            raise InputError(f"cutoff must be a positive finite number, got {cutoff!r}")
+        if isinstance(cutoff_lower, bool) or not isinstance(cutoff_lower, (int, float)):
+            raise InputError(f"cutoff_lower must be a number >= 0, got {cutoff_lower!r}")
+        if not 0 <= cutoff_lower < cutoff:
+            raise InputError(f"need 0 <= cutoff_lower < cutoff, got {cutoff_lower} and {cutoff}")
+        if not isinstance(loop, bool):
+            raise InputError(f"loop must be True or False, got {loop!r}")
+        _search.resolve_search(backend, torch.device("cpu")) if backend == "reference" else None
         self.cutoff, self.skin, self.loop, self.cutoff_lower = cutoff, skin, loop, cutoff_lower
         self.backend = backend
         self.rebuilds = 0
@@ -110,7 +125,8 @@ class VerletList:
         cand = self._cand
         if backend == "compiled":
             box64 = boxes.detach().double().contiguous() if boxes is not None else None
-            edge_index, shifts, vec, dist, row_ptr = _search.compiled_ops().filter_pairs(
+            edge_index, shifts, vec, dist, row_ptr = _search.run_op(
+                "filter_pairs",
                 pos.detach().contiguous(),
                 batch.contiguous(),
                 box64,

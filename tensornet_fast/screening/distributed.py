@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .progress import Progress
 from .readers import RawRecord, chunked
+from .signals import ignore_sigint, sigint_blocked
 from .worker import ScreenSpec, process_shard
 
 
@@ -40,6 +41,7 @@ def resolve_devices(devices: Sequence[str]) -> list[str]:
 def _init_process(threads: int | None) -> None:
     import torch
 
+    ignore_sigint()
     if threads:
         torch.set_num_threads(threads)
 
@@ -66,7 +68,8 @@ class _ProcessPool:
     def submit(self, shard: list[RawRecord]) -> cf.Future:
         k = min(range(len(self.slots)), key=self.load.__getitem__)
         ex, spec = self.slots[k]
-        fut = ex.submit(process_shard, shard, spec)
+        with sigint_blocked():  # a worker starts on its first submit: Ctrl-C is ours alone
+            fut = ex.submit(process_shard, shard, spec)
         self.load[k] += 1
         self.where[fut] = k
         return fut
@@ -106,8 +109,11 @@ class _DaskPool:
 
             threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
             # no MALLOC_TRIM_THRESHOLD_ for model workers (see runner.undo_malloc_trim)
-            with dask.config.set(
-                {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+            with (
+                dask.config.set(
+                    {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+                ),
+                sigint_blocked(),  # worker processes never see Ctrl-C: we stop them
             ):
                 self.cluster = LocalCluster(
                     n_workers=workers,

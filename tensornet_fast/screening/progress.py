@@ -20,11 +20,13 @@ class Progress:
         mode: str | bool | None = "auto",
         log_every: float = 10.0,
         stream=None,
+        desc: str = "screen",
     ):
         self.stream = stream or sys.stderr
+        self.desc = desc
         self.total = max(total_bytes, 1)
         self.start = time.perf_counter()
-        self.n_rows = self.n_failed = 0
+        self.n_rows = self.n_failed = self.n_warned = 0
         self.bytes = 0
         self._skipped_bytes = 0
         self.log_every = log_every
@@ -36,14 +38,17 @@ class Progress:
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
         self.bar = None
         if mode == "bar":
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm
+            except ImportError:  # the runtime install has no tqdm: log lines instead
+                mode = "log"
+        if mode == "bar":
             self.bar = tqdm(
                 total=self.total,
                 unit="B",
                 unit_scale=True,
                 file=self.stream,
-                desc="screen",
+                desc=desc,
                 smoothing=0.1,
                 dynamic_ncols=True,
             )
@@ -57,22 +62,24 @@ class Progress:
 
     def update(self, rows: Sequence[dict], nbytes: int) -> None:
         self.n_rows += len(rows)
-        self.n_failed += sum(1 for r in rows if r["status"] != "ok")
+        # "ok" / "ok; outside training domain: ..." (computed, with a warning) / "error: ..."
+        self.n_failed += sum(1 for r in rows if not r["status"].startswith("ok"))
+        self.n_warned += sum(1 for r in rows if r["status"].startswith("ok;"))
         skipped, self._skipped_bytes = self._skipped_bytes, 0
         self.bytes += nbytes + skipped
         if self.bar is not None:
             self.bar.update(nbytes + skipped)
             self.bar.set_postfix(
-                mol_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed, refresh=False
+                per_s=f"{self.rate():.1f}", done=self.n_rows, failed=self.n_failed, refresh=False
             )
         elif not self.quiet and time.perf_counter() - self._last_log >= self.log_every:
             self._last_log = time.perf_counter()
             frac = min(self.bytes / self.total, 1.0)
             elapsed = self._last_log - self.start
-            eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+            eta = f"{elapsed * (1 - frac) / frac:.0f} s" if frac > 0 else "unknown"
             print(
-                f"screen: {self.n_rows} molecules ({self.n_failed} failed), "
-                f"{self.rate():.1f} molecules/s, {100 * frac:.1f}% of input, ETA {eta:.0f} s",
+                f"{self.desc}: {self.n_rows} structures ({self.n_failed} failed), "
+                f"{self.rate():.1f} structures/s, {100 * frac:.1f}% of input, ETA {eta}",
                 file=self.stream,
                 flush=True,
             )
@@ -87,10 +94,12 @@ class ScreenStats:
     out: str
     n_rows: int = 0  # rows written by this run
     n_failed: int = 0
+    n_warned: int = 0  # computed, status "ok; <domain issue>"
     n_existing: int = 0  # rows already in OUT (skipped)
     elapsed_s: float = 0.0
     interrupted: bool = False
     mode: str = "local"
+    label: str = "screen"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -99,9 +108,10 @@ class ScreenStats:
 
     def summary(self) -> str:
         state = "interrupted" if self.interrupted else "done"
+        warned = f", {self.n_warned} outside the training domain" if self.n_warned else ""
+        existing = "" if self.out == "-" else f"; {self.n_existing} already in {self.out} skipped"
         return (
-            f"screen {state}: {self.n_rows} molecules ({self.n_rows - self.n_failed} ok, "
-            f"{self.n_failed} failed) in {self.elapsed_s:.2f} s = "
-            f"{self.molecules_per_s:.1f} molecules/s [{self.mode}]; "
-            f"{self.n_existing} already in {self.out} skipped"
+            f"{self.label} {state}: {self.n_rows} structures ({self.n_rows - self.n_failed} ok"
+            f"{warned}, {self.n_failed} failed) in {self.elapsed_s:.2f} s = "
+            f"{self.molecules_per_s:.1f} structures/s [{self.mode}]{existing}"
         )

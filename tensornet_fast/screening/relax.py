@@ -5,8 +5,12 @@ batch, so the remaining ones run on a smaller graph."""
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 
+from ..errors import DomainWarning
 from .readers import Record
 from .tensors import concat_records, per_molecule_fmax
 
@@ -24,13 +28,22 @@ def fire_relax(
     fdec: float = 0.5,
     astart: float = 0.1,
     fa: float = 0.99,
-) -> list[tuple[float, float, int, bool]]:
-    """Relax each record's geometry; returns (energy, fmax, steps, converged) per record, where
-    energy and fmax are those of the final geometry and steps counts FIRE position updates."""
+    energy_unit: float = 1.0,
+    length_unit: float = 1.0,
+) -> list[tuple[float, float, int, bool, np.ndarray]]:
+    """Relax each record's geometry; returns (energy, fmax, steps, converged, positions) per
+    record, where energy, fmax and positions [n, 3] are those of the final geometry and steps
+    counts FIRE position updates. FIRE runs in eV and Angstrom (ASE's units, so ``fmax``,
+    ``dt`` and ``maxstep`` mean what they mean in ASE); the model sees its own units
+    (``energy_unit`` eV and ``length_unit`` Angstrom per model unit)."""
     n = len(recs)
-    z, pos32, batch, q = concat_records(model, recs)
-    device, dtype = pos32.device, model.dtype
-    pos = pos32.double()  # state in float64; the model sees its own dtype
+    z, _, batch, q, box = concat_records(model, recs)
+    if box is not None:
+        raise ValueError("relaxation of periodic cells is not supported (molecules only)")
+    device, dtype = z.device, model.dtype
+    # state in float64 Angstrom, straight from the records (not through the model's dtype)
+    pos = torch.from_numpy(np.concatenate([r.pos for r in recs])).to(device)
+    force_unit = energy_unit / length_unit
     v = torch.zeros_like(pos)
     dt_m = torch.full((n,), dt, dtype=torch.float64, device=device)
     a_m = torch.full((n,), astart, dtype=torch.float64, device=device)
@@ -46,10 +59,17 @@ def fire_relax(
         m = mol.shape[0]
         amask = active[batch]
         local = (torch.cumsum(active.long(), 0) - 1)[batch[amask]]  # local molecule per atom
-        e, f = model(z[amask], pos[amask].to(dtype), local, q=None if q is None else q[mol])
-        f = f.double()
+        with warnings.catch_warnings():  # the records' status column says it (domain.py)
+            warnings.simplefilter("ignore", DomainWarning)
+            e, f = model(
+                z[amask],
+                (pos[amask] / length_unit).to(dtype),
+                local,
+                q=None if q is None else q[mol],
+            )
+        f = f.double() * force_unit
         fm = per_molecule_fmax(f, local, m).double()
-        energy[mol] = e.detach().reshape(-1).double()
+        energy[mol] = e.detach().reshape(-1).double() * energy_unit
         fmax_out[mol] = fm
         steps[mol] = step
         conv = fm < fmax
@@ -87,11 +107,13 @@ def fire_relax(
         dr = dr * scale[local, None] * keep[:, None]
         pos[amask] = pos[amask] + dr
         v[amask] = va
+    final = torch.split(pos.cpu(), [r.n_atoms for r in recs])
     return list(
         zip(
             energy.cpu().tolist(),
             fmax_out.cpu().tolist(),
             steps.cpu().tolist(),
             converged.cpu().tolist(),
+            [p.numpy() for p in final],
         )
     )

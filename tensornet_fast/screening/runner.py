@@ -14,9 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .batching import columns
+from ..errors import InputError
 from .progress import Progress, ScreenStats
-from .readers import RawRecord, Record, chunked, detect_format, iter_raw, parse_record
+from .readers import (
+    RawRecord,
+    Record,
+    allowed_species,
+    check_inputs,
+    chunked,
+    detect_format,
+    iter_raw,
+    parse_record,
+)
+from .signals import ignore_sigint, sigint_blocked, sigint_deferred
 from .worker import ScreenSpec, evaluate_stream, get_model
 from .writer import open_sink
 
@@ -24,8 +34,9 @@ from .writer import open_sink
 _END = object()
 
 
-def _prefetch(it: Iterator, maxsize: int) -> Iterator:
-    """Run ``it`` in a daemon thread (RDKit/numpy parsing overlaps the model), bounded queue."""
+def _prefetch(it: Iterator, maxsize: int, on_stop: Callable[[], None] | None = None) -> Iterator:
+    """Run ``it`` in a daemon thread (RDKit/numpy parsing overlaps the model), bounded queue.
+    ``on_stop`` runs when the consumer stops early (Ctrl-C), to release ``it``'s workers."""
     q: queue.Queue = queue.Queue(maxsize)
     stop = threading.Event()
 
@@ -39,10 +50,15 @@ def _prefetch(it: Iterator, maxsize: int) -> Iterator:
                     except queue.Full:
                         continue
                 if stop.is_set():
-                    return
-            q.put(_END)
+                    break
+            else:
+                q.put(_END)
         except BaseException as exc:  # surface reader bugs in the consumer
             q.put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:  # the consumer stopped: let the source release its workers
+                close()
 
     threading.Thread(target=produce, daemon=True, name="screen-reader").start()
     try:
@@ -55,37 +71,74 @@ def _prefetch(it: Iterator, maxsize: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        if on_stop is not None:
+            on_stop()
 
 
-def _parse_chunk(raws: list[RawRecord], max_z: int, seed: int) -> list[Record]:
-    return [parse_record(r, max_z, seed) for r in raws]
+def _parse_chunk(
+    raws: list[RawRecord], max_z: int | tuple[str, ...], seed: int, periodic: bool
+) -> list[Record]:
+    return [parse_record(r, max_z, seed, periodic) for r in raws]
 
 
-def _ignore_sigint() -> None:
-    import signal
+class ParallelParse:
+    """``parse_record`` over ``n_workers`` processes (RDKit conformer generation is the slow
+    part of SMILES inputs), in input order, with a bounded number of chunks in flight.
+    ``cancel()`` (from any thread) drops the chunks not started and ends the workers, so
+    Ctrl-C does not wait for parsing in flight."""
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    def __init__(
+        self,
+        raws: Iterable[RawRecord],
+        max_z: int | tuple[str, ...],
+        seed: int,
+        n_workers: int,
+        chunk: int = 32,
+        periodic: bool = False,
+    ):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.raws, self.args, self.chunk = raws, (max_z, seed, periodic), chunk
+        self.n_workers = n_workers
+        self.ex = cf.ProcessPoolExecutor(
+            n_workers, mp_context=mp.get_context("spawn"), initializer=ignore_sigint
+        )
+
+    def cancel(self, terminate: bool = True) -> None:
+        # (shutdown forgets the processes: take them first)
+        procs = list((getattr(self.ex, "_processes", None) or {}).values())
+        self.ex.shutdown(wait=False, cancel_futures=True)
+        if terminate:  # the chunks already handed to workers are not waited for either
+            for proc in procs:
+                proc.terminate()
+
+    def __iter__(self) -> Iterator[Record]:
+        import collections
+
+        try:
+            pending: collections.deque = collections.deque()
+            for part in chunked(self.raws, self.chunk):
+                with sigint_blocked():  # workers start on the first submit: blocked from birth
+                    pending.append(self.ex.submit(_parse_chunk, part, *self.args))
+                while len(pending) >= 4 * self.n_workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:  # done, or the consumer stopped: no new chunks
+            self.cancel(terminate=False)
 
 
 def parallel_parse(
-    raws: Iterable[RawRecord], max_z: int, seed: int, n_workers: int, chunk: int = 32
+    raws: Iterable[RawRecord],
+    max_z: int | tuple[str, ...],
+    seed: int,
+    n_workers: int,
+    chunk: int = 32,
+    periodic: bool = False,
 ) -> Iterator[Record]:
-    """``parse_record`` over ``n_workers`` processes (RDKit conformer generation is the slow
-    part of SMILES inputs), in input order, with a bounded number of chunks in flight."""
-    import collections
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    with cf.ProcessPoolExecutor(
-        n_workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint
-    ) as ex:
-        pending: collections.deque = collections.deque()
-        for part in chunked(raws, chunk):
-            pending.append(ex.submit(_parse_chunk, part, max_z, seed))
-            while len(pending) >= 4 * n_workers:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+    """Records parsed by :class:`ParallelParse`, in input order."""
+    return iter(ParallelParse(raws, max_z, seed, n_workers, chunk, periodic))
 
 
 def default_parse_workers(inputs: Sequence[str]) -> int:
@@ -93,17 +146,6 @@ def default_parse_workers(inputs: Sequence[str]) -> int:
     if not any(detect_format(p) == "smiles" for p in inputs):
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def _check_inputs(inputs: Sequence[str]) -> None:
-    real = [os.path.realpath(p) for p in inputs]
-    for path, rp in zip(inputs, real):
-        if real.count(rp) > 1:
-            raise ValueError(f"input {path} is given more than once")
-    for path in inputs:
-        detect_format(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input {path} does not exist")
 
 
 def screen(
@@ -119,16 +161,24 @@ def screen(
     rows_per_part: int = 100_000,
     parse_workers: int | None = None,
     on_write: Callable[[int], None] | None = None,
+    label: str = "screen",
 ) -> ScreenStats:
-    """Screen ``inputs`` into ``out``; resumable. ``on_write(k)`` runs after the k-th flushed
-    write (tests use it to interrupt a run). KeyboardInterrupt propagates after ``out`` is
-    closed in a valid state. ``parse_workers``: parser processes for a local run (default:
+    """Evaluate every record of ``inputs`` into ``out``; resumable. The one pipeline behind
+    ``tensornet-fast screen`` and ``tensornet-fast energies`` (``spec`` says which columns).
+
+    Inputs that cannot be read at all, and outputs that are an input, a directory or a file
+    this command did not write, raise :class:`~tensornet_fast.InputError` before anything is
+    written. ``on_write(k)`` runs after the k-th flushed write (tests use it to interrupt a
+    run). KeyboardInterrupt propagates after ``out`` is closed in a valid state.
+    ``parse_workers``: parser processes for a local run (default:
     :func:`default_parse_workers`; 0 parses in a thread of this process)."""
     inputs = list(inputs)
-    _check_inputs(inputs)
-    sink = open_sink(out, columns(spec.relax), rows_per_part)
-    stats = ScreenStats(out=out, n_existing=sink.n_existing)
-    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress)
+    check_inputs(inputs)
+    if spec.relax and spec.periodic:
+        raise InputError("relaxation is for molecules: periodic inputs cannot be relaxed here")
+    prog = Progress(sum(os.path.getsize(p) for p in inputs), progress, desc=label)
+    sink = open_sink(out, spec.columns, rows_per_part, inputs=inputs, geometries=spec.relax)
+    stats = ScreenStats(out=out, n_existing=sink.n_existing, label=label)
     writes = 0
 
     def write(rows: list[dict], nbytes: int) -> None:
@@ -157,14 +207,16 @@ def screen(
         else:
             model = get_model(spec)
             prog.start = time.perf_counter()  # throughput excludes loading the model
-            max_z = model.config.max_z
+            max_z = allowed_species(model.config)
             if parse_workers is None:
                 parse_workers = default_parse_workers(inputs)
+            on_stop = None
             if parse_workers > 0:
-                parsed = parallel_parse(raws, max_z, spec.seed, parse_workers)
+                parser = ParallelParse(raws, max_z, spec.seed, parse_workers, 32, spec.periodic)
+                parsed, on_stop = iter(parser), parser.cancel
             else:
-                parsed = (parse_record(r, max_z, spec.seed) for r in raws)
-            records = _prefetch(parsed, maxsize=4096)
+                parsed = (parse_record(r, max_z, spec.seed, spec.periodic) for r in raws)
+            records = _prefetch(parsed, maxsize=4096, on_stop=on_stop)
             for rows, nbytes in evaluate_stream(records, spec):
                 write(rows, nbytes)
             stats.mode = f"local {spec.device}, {parse_workers} parser processes"
@@ -172,9 +224,11 @@ def screen(
         stats.interrupted = True
         raise
     finally:
-        sink.close()
-        prog.update([], 0)
-        prog.close()
-        stats.n_rows, stats.n_failed = prog.n_rows, prog.n_failed
-        stats.elapsed_s = time.perf_counter() - prog.start
+        with sigint_deferred():
+            sink.close()
+            prog.update([], 0)
+            prog.close()
+            stats.n_rows, stats.n_failed = prog.n_rows, prog.n_failed
+            stats.n_warned = prog.n_warned
+            stats.elapsed_s = time.perf_counter() - prog.start
     return stats

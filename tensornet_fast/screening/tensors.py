@@ -9,12 +9,16 @@ import torch
 from .readers import Record
 
 
-def concat_records(model: torch.nn.Module, recs: list[Record]) -> tuple[torch.Tensor, ...]:
-    """(z, pos, batch, q) of a batch of records on the model's device (q: total charge per
-    molecule, only for models trained with it)."""
+def concat_records(
+    model: torch.nn.Module, recs: list[Record], length_unit: float = 1.0
+) -> tuple[torch.Tensor | None, ...]:
+    """(z, pos, batch, q, box) of a batch of records on the model's device, positions and cells
+    in the model's length unit (``length_unit`` = Angstrom per model unit). q: total charge per
+    molecule, only for models trained with it; box [n_mol, 3, 3] when the records are periodic
+    (a batch never mixes periodic and isolated records), else None."""
     device = model.device
     z = torch.from_numpy(np.concatenate([r.z for r in recs]))
-    pos = torch.from_numpy(np.concatenate([r.pos for r in recs])).to(model.dtype)
+    pos = torch.from_numpy(np.concatenate([r.pos for r in recs]) / length_unit).to(model.dtype)
     counts = torch.tensor([r.n_atoms for r in recs])
     batch = torch.repeat_interleave(torch.arange(len(recs)), counts)
     if device.type == "cuda":
@@ -22,11 +26,16 @@ def concat_records(model: torch.nn.Module, recs: list[Record]) -> tuple[torch.Te
     q = None
     if model.config.charge:  # total charge per molecule, only for models trained with it
         q = torch.tensor([float(r.charge) for r in recs], dtype=model.dtype, device=device)
+    box = None
+    if recs[0].periodic:
+        cells = np.stack([r.cell for r in recs]) / length_unit
+        box = torch.from_numpy(cells).to(device=device, dtype=model.dtype)
     return (
         z.to(device, non_blocking=True),
         pos.to(device, non_blocking=True),
         batch.to(device, non_blocking=True),
         q,
+        box,
     )
 
 

@@ -11,30 +11,51 @@ from dataclasses import dataclass
 
 import torch
 
-from .batching import BatchEvaluator, RelaxOptions, default_batch_atoms, make_batches
-from .readers import RawRecord, Record, parse_record
+from .batching import (
+    BatchEvaluator,
+    RelaxOptions,
+    Units,
+    columns,
+    default_batch_atoms,
+    make_batches,
+)
+from .readers import RawRecord, Record, allowed_species, parse_record
 
 
 @dataclass(frozen=True)
 class ScreenSpec:
-    """Everything a worker needs to turn records into rows (picklable, hashable)."""
+    """Everything a worker needs to turn records into rows (picklable, hashable). ``screen``
+    and ``energies`` are the same pipeline with different specs: energies takes periodic cells
+    (``periodic``), writes forces and stress on request and keeps the input order
+    (``ordered``); screen relaxes on request and sorts by size for throughput."""
 
     model: str = "default"
     device: str = "cpu"
     backend: str = "auto"
     filter_mode: str = "auto"
     precision: int | None = None
+    layout: str = "auto"
     batch_atoms: int | None = None
     window: int = 4096
     relax: bool = False
-    fmax: float = 0.05
+    fmax: float = 0.05  # eV/Angstrom
     max_steps: int = 200
     seed: int = 0
     threads: int | None = None
+    forces: bool = False
+    stress: bool = False
+    periodic: bool = False
+    ordered: bool = False
+    energy_unit: float = 1.0  # eV per model energy unit
+    length_unit: float = 1.0  # Angstrom per model length unit
 
     @property
     def atoms_per_batch(self) -> int:
         return self.batch_atoms or default_batch_atoms(self.device)
+
+    @property
+    def columns(self) -> list[str]:
+        return columns(self.relax, self.forces, self.stress)
 
 
 _MODELS: dict[tuple, torch.nn.Module] = {}
@@ -61,7 +82,7 @@ def undo_malloc_trim() -> bool:
 
 def get_model(spec: ScreenSpec) -> torch.nn.Module:
     """The process's model for ``spec``: loaded once, then reused by every batch and task."""
-    key = (spec.model, spec.device, spec.backend, spec.filter_mode, spec.precision)
+    key = (spec.model, spec.device, spec.backend, spec.filter_mode, spec.precision, spec.layout)
     model = _MODELS.get(key)
     if model is None:
         from ..model import load_model
@@ -75,6 +96,7 @@ def get_model(spec: ScreenSpec) -> torch.nn.Module:
             device=spec.device,
             backend=spec.backend,
             filter_mode=spec.filter_mode,
+            layout=spec.layout,
             **overrides,
         )
         _MODELS[key] = model
@@ -87,15 +109,21 @@ def evaluate_stream(
 ) -> Iterator[tuple[list[dict], int]]:
     """(rows, input bytes) per batch."""
     relax = RelaxOptions(spec.fmax, spec.max_steps) if spec.relax else None
-    evaluator = BatchEvaluator(get_model(spec), relax)
-    for group in make_batches(records, spec.atoms_per_batch, spec.window):
+    evaluator = BatchEvaluator(
+        get_model(spec),
+        relax,
+        forces=spec.forces,
+        stress=spec.stress,
+        units=Units(spec.energy_unit, spec.length_unit),
+    )
+    for group in make_batches(records, spec.atoms_per_batch, spec.window, spec.ordered):
         yield evaluator.rows(group), sum(r.nbytes for r in group)
 
 
 def process_shard(raws: Sequence[RawRecord], spec: ScreenSpec) -> list[dict]:
     """Worker task: parse, validate, batch and evaluate one shard of raw records."""
-    max_z = get_model(spec).config.max_z
-    records = [parse_record(r, max_z, spec.seed) for r in raws]
+    max_z = allowed_species(get_model(spec).config)
+    records = [parse_record(r, max_z, spec.seed, spec.periodic) for r in raws]
     rows: list[dict] = []
     for batch_rows, _ in evaluate_stream(records, spec):
         rows.extend(batch_rows)

@@ -242,7 +242,7 @@ def test_md_step_with_triton_kernels(tmp_path, mode):
     model = tnf.load_model(path, backend="triton", filter_mode=mode, device=DEVICE)
     z, pos, box = water_box(2, spacing=3.2, seed=5, dtype=torch.float64)
     z, pos, box = z.to(DEVICE), pos.to(DEVICE), box.to(DEVICE)
-    step = MDStep(model, z, pos, None, box, skin=0.5, cuda_graph=False)
+    step = MDStep(model, z, pos, None, box, skin=0.5, static=True)
     assert step.capacity > step.n_edges  # padding edges present
     p = pos + 0.05 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(0),
                                  dtype=pos.dtype).to(DEVICE)  # fmt: skip

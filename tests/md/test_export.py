@@ -150,17 +150,16 @@ def test_cpp_program_rejects_bad_input(binary, package, tmp_path):
     assert res.returncode == 1 and "isolated molecules" in res.stderr
 
 
-def _molecules(sizes_per_side=(1, 2, 3, 5)):
-    """A water (3 atoms), then water clusters of 24, 81 and 375 atoms as one molecule."""
-    yield water_box(1, seed=3, dtype=torch.float32)[:2]
-    for n in sizes_per_side[1:]:
+def _molecules():
+    """One water (3 atoms), then water clusters of 24, 81 and 375 atoms as one molecule."""
+    for n in (1, 2, 3, 5):
         yield water_box(n, seed=3, dtype=torch.float32)[:2]
 
 
 def test_package_in_python_and_metadata(package, model):
-    """torch's own loader, as a user would, at sizes from 3 to 375 atoms: an export must not
-    be valid for the example's size range only (the 0.2 package of the bundled model stopped
-    at 8 atoms)."""
+    """torch's own loader, as a user would, from 3 to 375 atoms: a package must not be valid
+    only near the example's size (0.2's package of the bundled model stopped at 8 atoms,
+    issue #24; the fix: md.export.outer_products_as_mul)."""
     runner = tnf_export.load_exported(package)
     for z, pos in _molecules():
         energy, forces = runner(z, pos)
@@ -172,13 +171,11 @@ def test_package_in_python_and_metadata(package, model):
 
 
 def test_periodic_package_any_cell(ckpt, model, tmp_path):
-    """Periodic cells of 24 to 192 atoms through torch's loader; and the progress lines that
-    export_model reports (the command line prints them: an export takes minutes)."""
+    """Periodic cells of 24 to 192 atoms through torch's loader against the eager model; and
+    the progress lines export_model reports while it runs (minutes: the CLI prints them)."""
     lines = []
-    path = tnf_export.export_model(
-        ckpt, tmp_path / "periodic.pt2", periodic=True, progress=lines.append
-    )
-    stages = ("loading", "tracing", "exporting", "compiling with AOTInductor", "wrote")
+    path = tnf_export.export_model(ckpt, tmp_path / "periodic.pt2", periodic=True, log=lines.append)
+    stages = ("model loaded", "traced", "exported; compiling", "compiled and packaged")
     assert len(lines) == len(stages), lines
     for line, stage in zip(lines, stages):
         assert re.match(r"\[ *\d+\.\d s\] " + stage, line), lines
@@ -194,12 +191,24 @@ def test_periodic_package_any_cell(ckpt, model, tmp_path):
 
 
 def test_no_outer_product_mm_left(ckpt):
-    """The traced graphs hold no mm with inner size 1 (Inductor guards the atom count on it)."""
+    """The traced graph holds mm calls, none with inner size 1 (Inductor guards the atom count
+    on those); the rewrite is the same product."""
     model = tnf.load_model(ckpt, backend="reference")
     module = tnf_export.trace_model(model)
     mms = [n for n in module.gm.graph.nodes if n.target is torch.ops.aten.mm.default]
     assert mms and all(n.args[0].meta["val"].shape[-1] != 1 for n in mms)
     assert tnf_export.outer_products_as_mul(module.gm) == 0
+
+    class Outer(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.mm(a, b)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a, b = torch.randn(7, 1), torch.randn(1, 24)
+    gm = make_fx(Outer())(a, b)
+    assert tnf_export.outer_products_as_mul(gm) == 1
+    assert torch.equal(gm(a, b), a * b)
 
 
 @pytest.mark.parametrize("precision", [64])

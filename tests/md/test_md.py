@@ -1,6 +1,8 @@
-"""The fixed-size MD step (tensornet_fast.md.MDStep): equal to the plain model call within the
-tolerance table, a reused Verlet list gives the same results as a fresh one, capacity overflow
-raises with the capacity to use; the CUDA-graph replay equals the eager step (GPU only)."""
+"""The MD step (tensornet_fast.md.MDStep), eager (candidates cut to the exact pairs each step,
+the model's own backend: the cpu kernels on CPU) and static (fixed capacity, traceable math):
+equal to the plain model call within the tolerance table, a reused Verlet list gives the same
+results as a fresh one, capacity overflow raises with the capacity to use; the CUDA-graph replay
+equals the eager step (GPU only)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ def ckpt(tmp_path_factory):
     )
 
 
-def _model(ckpt, dtype=torch.float64, device="cpu"):
+def _model(ckpt, dtype=torch.float64, device="cpu", backend="reference"):
     return tnf.load_model(
-        ckpt, backend="reference", precision=64 if dtype == torch.float64 else 32, device=device
+        ckpt, backend=backend, precision=64 if dtype == torch.float64 else 32, device=device
     )
 
 
@@ -40,11 +42,16 @@ def _systems(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("system", ["molecules", "water"])
-def test_step_matches_model(ckpt, dtype, system):
-    model = _model(ckpt, dtype)
+@pytest.mark.parametrize("path", ["eager-cpu", "eager-reference", "static"])
+def test_step_matches_model(ckpt, dtype, system, path):
+    model = _model(ckpt, dtype, backend="cpu" if path == "eager-cpu" else "reference")
     z, pos, batch, box = _systems(dtype)[system]
-    step = MDStep(model, z, pos, batch, box, skin=0.4)
-    assert step.capacity > step.n_edges and not step.cuda_graph
+    step = MDStep(model, z, pos, batch, box, skin=0.4, static=path == "static")
+    assert step.static == (path == "static") and not step.cuda_graph
+    if step.static:
+        assert step.capacity > step.n_edges
+    else:
+        assert step.capacity is None
     gen = torch.Generator().manual_seed(0)
     for k in range(3):
         p = pos + 0.05 * torch.randn(pos.shape, generator=gen, dtype=dtype)
@@ -56,23 +63,27 @@ def test_step_matches_model(ckpt, dtype, system):
 
 
 @pytest.mark.parametrize("system", ["molecules", "water"])
-def test_skin_reuse_gives_fresh_results(ckpt, system):
+@pytest.mark.parametrize("static", [False, True])
+def test_skin_reuse_gives_fresh_results(ckpt, system, static):
     """Positions moved by < skin/2: the reused candidate list selects exactly the pairs of a
-    fresh radius graph and gives the results of a freshly built step."""
-    model = _model(ckpt)
+    fresh radius graph and gives the results of a freshly built step (eager: bitwise)."""
+    model = _model(ckpt, backend="reference" if static else "cpu")
     z, pos, batch, box = _systems(torch.float64)[system]
     skin = 0.6
-    step = MDStep(model, z, pos, batch, box, skin=skin)
+    step = MDStep(model, z, pos, batch, box, skin=skin, static=static)
     gen = torch.Generator().manual_seed(1)
     delta = torch.randn(pos.shape, generator=gen, dtype=pos.dtype)
     delta = delta / delta.norm(dim=1).max() * (0.49 * skin / 2)
     moved = pos + delta
     energy, forces = step(moved)
     assert step.rebuilds == 1
-    fresh = MDStep(model, z, moved, batch, box, skin=skin)
+    fresh = MDStep(model, z, moved, batch, box, skin=skin, static=static)
     fresh_e, fresh_f = fresh(moved)
     assert torch.allclose(energy, fresh_e, rtol=1e-13, atol=0)
     assert torch.allclose(forces, fresh_f, rtol=0, atol=1e-13 * float(fresh_f.abs().max()))
+    if not static:  # the same edges in the same order as the plain call's search
+        plain_e, plain_f = model(z, moved, batch, box)
+        assert torch.equal(energy, plain_e) and torch.equal(forces, plain_f)
     # The reused list, cut at the cutoff, is exactly the radius graph at the new positions.
     from tensornet_fast.md.traceable import edge_geometry
 
@@ -99,8 +110,8 @@ def test_capacity_overflow_raises_with_capacity_to_use(ckpt):
     model = _model(ckpt)
     z, pos, _, box = _systems(torch.float64)["water"]
     with pytest.raises(CapacityError, match=r"capacity=\d+"):
-        MDStep(model, z, pos, box=box, capacity=10)
-    step = MDStep(model, z, pos, box=box, skin=0.3, capacity_factor=1.0)
+        MDStep(model, z, pos, box=box, capacity=10, static=True)
+    step = MDStep(model, z, pos, box=box, skin=0.3, capacity_factor=1.0, static=True)
     assert step.capacity == step.n_edges + 8
     squeezed_box = box * 0.85
     squeezed = pos * 0.85  # denser: more pairs within cutoff + skin
@@ -110,7 +121,7 @@ def test_capacity_overflow_raises_with_capacity_to_use(ckpt):
     msg = str(info.value)
     assert f"exceed the static capacity {step.capacity}" in msg
     suggested = int(msg.split("capacity=")[1].split()[0].rstrip(","))
-    bigger = MDStep(model, z, squeezed, box=box, skin=0.3, capacity=suggested)
+    bigger = MDStep(model, z, squeezed, box=box, skin=0.3, capacity=suggested, static=True)
     e, f = bigger(squeezed)
     ref_e, ref_f = model(z, squeezed, box=box)
     assert_close(e, ref_e, torch.float64, "energy", "MDStep suggested capacity")
@@ -125,6 +136,23 @@ def test_step_rejects_bad_positions(ckpt):
         step(pos[:-1])
     with pytest.raises(tnf.InputError, match="cuda_graph=True"):
         MDStep(model, z, pos, batch, cuda_graph=True)
+    bad = pos.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(tnf.InputError, match="NaN"):
+        step(bad)
+
+
+def test_eager_step_grows_without_capacity(ckpt):
+    """The eager candidate list has no capacity: a denser configuration just searches again."""
+    model = _model(ckpt, backend="cpu")
+    z, pos, _, box = _systems(torch.float64)["water"]
+    step = MDStep(model, z, pos, box=box, skin=0.3)
+    before = step.n_edges
+    squeezed = pos * 0.85
+    e, f = step(squeezed)
+    assert step.rebuilds == 2 and step.n_edges > before
+    ref_e, ref_f = model(z, squeezed, box=box)
+    assert torch.equal(e, ref_e) and torch.equal(f, ref_f)
 
 
 @pytest.mark.gpu
@@ -194,10 +222,11 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_traceable_core_variants(variant, tmp_path):
-    """The traceable core under MDStep (and compile / export) on model variants: priors with a
-    cutoff beyond the network's, lower cutoff, SO(3), Atomref + mean/std + mean reduction,
-    total charge; molecules and a triclinic box, float64."""
+@pytest.mark.parametrize("static", [True, False])
+def test_traceable_core_variants(variant, static, tmp_path):
+    """MDStep on model variants: priors with a cutoff beyond the network's, lower cutoff, SO(3),
+    Atomref + mean/std + mean reduction, total charge; molecules and a triclinic box, float64.
+    Static: the traceable core (as under compile / export); eager: the cpu kernels."""
     ckpt = make_checkpoint(
         tmp_path / "v.ckpt",
         seed=3,
@@ -207,11 +236,11 @@ def test_traceable_core_variants(variant, tmp_path):
         **{"cutoff_upper": 5.0, **VARIANTS[variant]},
         **({"mean": -1.5, "std": 0.7} if variant.startswith("atomref") else {}),
     )
-    model = _model(ckpt)
+    model = _model(ckpt, backend="reference" if static else "cpu")
     for name, (z, pos, batch, box) in _systems(torch.float64).items():
         n_mol = 1 if batch is None else int(batch.max()) + 1
         q = torch.arange(n_mol, dtype=torch.float64) - 1.0 if variant == "charge" else None
-        step = MDStep(model, z, pos, batch, box, q=q, skin=0.3)
+        step = MDStep(model, z, pos, batch, box, q=q, skin=0.3, static=static)
         moved = pos + 0.02 * torch.randn(
             pos.shape, generator=torch.Generator().manual_seed(2), dtype=pos.dtype
         )

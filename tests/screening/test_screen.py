@@ -154,10 +154,10 @@ def _check_rows(rows, library, reference, model):
         status = by_id[ident]["status"]
         assert (status == "ok") == (item is not None), (ident, status)
     ok = sorted(reference)
-    got_e = torch.tensor([by_id[i]["energy"] for i in ok], dtype=torch.float64)
+    got_e = torch.tensor([by_id[i]["energy_eV"] for i in ok], dtype=torch.float64)
     ref_e = torch.tensor([reference[i][0] for i in ok], dtype=torch.float64)
     assert_close(got_e, ref_e, model.dtype, "energy", "screen vs load_model")
-    got_f = torch.tensor([by_id[i]["fmax"] for i in ok], dtype=torch.float64)
+    got_f = torch.tensor([by_id[i]["fmax_eV_per_A"] for i in ok], dtype=torch.float64)
     ref_f = torch.tensor([reference[i][1] for i in ok], dtype=torch.float64)
     assert_close(got_f, ref_f, model.dtype, "forces", "fmax screen vs load_model")
     for i in ok:
@@ -201,7 +201,7 @@ def test_poisoned_batch_falls_back_per_record(model):
     assert [r["status"] == "ok" for r in rows] == [True, True, False, True]
     assert "coincide" in rows[2]["status"]
     ok = [k for k, r in enumerate(rows) if r["status"] == "ok"]
-    got = torch.tensor([rows[k]["energy"] for k in ok], dtype=torch.float64)
+    got = torch.tensor([rows[k]["energy_eV"] for k in ok], dtype=torch.float64)
     ref = torch.cat(
         [
             model(
@@ -288,14 +288,16 @@ def test_relax_matches_ase_fire(model, tmp_path):
     for k, atoms in enumerate(frames):
         row = rows[f"six.xyz:{k}"]
         assert row["status"] == "ok"
-        assert row["relaxed_energy"] <= row["energy"] + 1e-6
+        assert row["relaxed_energy_eV"] <= row["energy_eV"] + 1e-6
         a = Atoms(atoms.numbers, atoms.positions)
         a.calc = Calc()
         opt = FIRE(a, logfile=None)
         converged = opt.run(fmax=0.05, steps=25)
         assert row["converged"] == bool(converged)
         assert abs(row["relax_steps"] - opt.nsteps) <= 1, (row["relax_steps"], opt.nsteps)
-        assert row["relaxed_energy"] == pytest.approx(a.get_potential_energy(), rel=1e-4, abs=1e-4)
+        assert row["relaxed_energy_eV"] == pytest.approx(
+            a.get_potential_energy(), rel=1e-4, abs=1e-4
+        )
     assert any(rows[f"six.xyz:{k}"]["relax_steps"] > 0 for k in range(5))
 
 
@@ -353,7 +355,7 @@ def test_per_device_processes_and_cli(library, reference, model, tmp_path, capsy
         ]
     )
     assert rc == 0
-    assert "molecules/s" in capsys.readouterr().err
+    assert "structures/s" in capsys.readouterr().err
     _check_rows(read_results(out), library, reference, model)
 
 
@@ -363,7 +365,7 @@ def test_output_locked_against_concurrent_runs(tmp_path, name):
 
     path = str(tmp_path / name)
     first = open_sink(path, ["id", "status"])
-    with pytest.raises(ValueError, match="locked"):
+    with pytest.raises(ValueError, match="another run is writing"):
         open_sink(path, ["id", "status"])
     first.write([{"id": "a.xyz:0", "status": "ok"}])
     first.close()
@@ -392,7 +394,7 @@ def test_total_charge_reaches_charge_models(tmp_path):
         e, _ = charged(z, pos, q=torch.tensor([float(q)]))
         if q:
             assert abs(e.item() - charged(z, pos)[0].item()) > 1e-4  # the charge matters
-        got.append(rows[f"ions.smi:{k}"]["energy"])
+        got.append(rows[f"ions.smi:{k}"]["energy_eV"])
         ref.append(e.item())
     assert_close(
         torch.tensor(got, dtype=torch.float64),
@@ -448,12 +450,12 @@ def test_progress_log_lines_and_bar():
     prog.update([{"status": "ok"}] * 3 + [{"status": "error: x"}], 500)
     prog.close()
     line = log.getvalue()
-    assert "4 molecules (1 failed)" in line and "molecules/s" in line and "50.0% of input" in line
+    assert "4 structures (1 failed)" in line and "structures/s" in line and "50.0% of input" in line
     bar_out = io.StringIO()
     bar = Progress(1000, "bar", stream=bar_out)
     bar.update([{"status": "ok"}] * 2, 1000)
     bar.close()
-    assert "100%" in bar_out.getvalue() and "mol_s" in bar_out.getvalue()
+    assert "100%" in bar_out.getvalue() and "per_s" in bar_out.getvalue()
 
 
 def test_parquet_journal_survives_a_hard_kill(tmp_path):
@@ -462,14 +464,14 @@ def test_parquet_journal_survives_a_hard_kill(tmp_path):
     from tensornet_fast.screening.writer import ParquetSink
 
     path = str(tmp_path / "k.parquet")
-    cols = ["id", "energy", "status"]
+    cols = ["id", "energy_eV", "status"]
     sink = ParquetSink(path, cols, rows_per_part=3)
-    sink.write([{"id": f"a.xyz:{k}", "energy": float(k), "status": "ok"} for k in range(4)])
-    sink.write([{"id": "a.xyz:4", "energy": 4.0, "status": "ok"}])
+    sink.write([{"id": f"a.xyz:{k}", "energy_eV": float(k), "status": "ok"} for k in range(4)])
+    sink.write([{"id": "a.xyz:4", "energy_eV": 4.0, "status": "ok"}])
     sink._journal.close()  # "killed": no close(); part 1 holds 0-3, the journal holds 4
     with open(sink.journal_path, "a") as fh:  # and a torn line from the kill
         fh.write("a.xyz:5,5.0")
-    sink._write_part([{"id": "a.xyz:4", "energy": 4.0, "status": "ok"}])  # killed after a part
+    sink._write_part([{"id": "a.xyz:4", "energy_eV": 4.0, "status": "ok"}])  # killed after a part
     again = ParquetSink(path, cols)
     assert again.n_existing == 5
     again.close()

@@ -31,6 +31,7 @@ from torch import Tensor
 from ...errors import NotTraceable
 from ..base import Backend, warn_once
 from ..shared.cache import derived, weights_key
+from ..shared.radial import gated_head
 from ..shared.tables import filter_tables
 from . import torch_passes
 from .filters import make_filters
@@ -39,6 +40,7 @@ from .graph import Graph
 from .ops import compiled_ops, stage
 from .static import atomic_energies as static_atomic_energies
 from .static import prepare as static_prepare
+from .threads import threads_for
 
 
 class CpuBackend(Backend):
@@ -67,6 +69,10 @@ class CpuBackend(Backend):
             return requested
         if model.dtype != torch.float32:
             return "exact"
+        # once per state of the weights (~90 us per call on the loaded 2-core VM otherwise)
+        return derived(model, "cpu_auto_filter_mode", lambda: self._auto_mode(model, key), key)
+
+    def _auto_mode(self, model, key: tuple | None) -> str:
         tables = filter_tables(model, key)
         failed = [s.check for s in tables if not s.check.within_fp32_rounding]
         if not failed:
@@ -80,6 +86,11 @@ class CpuBackend(Backend):
             f"{c.fp32_derivative_error:.1e}; relative to the largest value / derivative)",
         )
         return "exact"
+
+    def threads(self, n_atoms: int):
+        """One thread below ``threads.SMALL_SYSTEM_ATOMS`` atoms, no more threads than free
+        cores on a busy machine (``backends/cpu/threads.py``)."""
+        return threads_for(n_atoms)
 
     def prepare(self, model) -> None:
         if self.traceable and self.ops() is not None:
@@ -113,16 +124,27 @@ class CpuBackend(Backend):
             )
         prep = prepared(model, ops, key)
         q = charge_factor.detach().to(nl.edge_vec.dtype).contiguous()
-        return _FusedModel.apply(nl.edge_vec, prep, g, filters, ztab, pair, q)
+        out = _FusedModel.apply(nl.edge_vec, prep, g, filters, ztab, pair, q)
+        if prep.gated:  # matgl's gated readout, autograd (fused.Prepared)
+            return gated_head(model.output_model.gated, out)
+        return out
 
 
 def pair_table(model, z: Tensor, key: tuple | None = None) -> tuple[Tensor, Tensor, int]:
     """(emb2([emb(a); emb(b)]) over the species present [S*S, F], contiguous and detached;
     each atom's species index [N]; S). One table per set of species, kept until the weights
     change."""
-    species, zidx = torch.unique(z, return_inverse=True)
     tables = derived(model, "cpu_pair_tables", dict, key)
-    species_key = species.numpy().tobytes()
+    # The same z tensor call after call (MDStep, OpenMM): its species and inverse are kept with
+    # a reference to it (so its memory cannot be reused) and its version counter (in-place
+    # edits); torch.unique and the host copy of the species were ~40 us of a 22-atom step.
+    last = tables.get("last_z")
+    if last is not None and last[0] is z and last[1] == z._version:
+        species, zidx, species_key = last[2:]
+    else:
+        species, zidx = torch.unique(z, return_inverse=True)
+        species_key = species.numpy().tobytes()
+        tables["last_z"] = (z, z._version, species, zidx, species_key)
     ztab = tables.get(species_key)
     if ztab is None:
         emb = model.representation_model.tensor_embedding

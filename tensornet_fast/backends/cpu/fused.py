@@ -78,17 +78,21 @@ class Prepared:
         self.w_layers_packed = [
             tuple(_pack_weights(ops, w, t) for t in (True, False)) for w in self.w_layers
         ]
-        act = model.config.activation
+        config = model.config
+        act = config.activation
         self.embedding_mlp = _RowStack(
             ops, emb.init_norm, [(lin, True) for lin in emb.linears_scalar], act
         )
-        head = [m for m in model.output_model.output_network.layers if isinstance(m, nn.Linear)]
-        self.head = _RowStack(
-            ops,
-            rep.out_norm,
-            [(rep.linear, True)] + [(lin, True) for lin in head[:-1]] + [(head[-1], False)],
-            act,
-        )
+        # The Scalar head is a chain and joins the row stack. matgl's gated readout is two
+        # branches (and SiLU whatever the activation): the stack ends at ``linear`` and the
+        # gated head runs in autograd after the fused node (backend.py); F=128, 1000 atoms:
+        # ~8 GEMMs of [N, 128] x [128, 128] each way.
+        stack = [(rep.linear, config.linear_activation)]
+        self.gated = config.readout == "gated"
+        if not self.gated:
+            head = [m for m in model.output_model.output_network.layers if isinstance(m, nn.Linear)]
+            stack += [(lin, True) for lin in head[:-1]] + [(head[-1], False)]
+        self.head = _RowStack(ops, rep.out_norm, stack, act)
         self.o3 = model.config.equivariance_invariance_group == "O(3)"
 
 
@@ -99,7 +103,8 @@ def prepared(model, ops, key: tuple) -> Prepared:
 
 
 class _FusedModel(torch.autograd.Function):
-    """edge_vec [E, 3] -> epsilon_i [N, 1] with the compiled kernels (csrc/cpu/):
+    """edge_vec [E, 3] -> epsilon_i [N, 1] (gated readouts: the features after ``linear``
+    [N, F]) with the compiled kernels (csrc/cpu/):
     embedding pass, combine, every interaction layer (normalisation, channel-linear GEMMs,
     message pass, 3x3 products, residual), squared norms and the output head, with ONE
     hand-written backward to dE/d(edge_vec). One autograd node instead of ~40 (measured on 64

@@ -18,7 +18,7 @@ class ReferenceBackend(Backend):
     def atomic_energies(self, model, z: Tensor, nl, charge_factor: Tensor, *, static=False):
         return atomic_energies(
             model.representation_model,
-            model.output_model.output_network.layers,
+            model.output_model,
             model.config,
             z,
             nl.edge_index,

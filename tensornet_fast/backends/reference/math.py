@@ -15,9 +15,9 @@ from ...model.params import InteractionParams, RepresentationParams, TensorEmbed
 from ..shared.radial import (
     ACTIVATION_FUNCTIONS,
     cosine_cutoff,
+    output_head,
     radial_basis,
     radial_filter,
-    scalar_head,
 )
 from .tensor_algebra import (
     channel_linear,
@@ -116,19 +116,21 @@ def interaction(
 
 
 def atomic_features(rep: RepresentationParams, config: ModelConfig, x: Tensor) -> Tensor:
-    """x = [3 I^2, |A|^2, |S|^2] -> LayerNorm -> sigma(linear)  [N, F]."""
+    """x = [3 I^2, |A|^2, |S|^2] -> LayerNorm -> sigma(linear)  [N, F] (no sigma for models
+    without ``linear_activation``: matgl's)."""
     act = ACTIVATION_FUNCTIONS[config.activation]
     i, a, s = decompose(x)
     feats = torch.cat((3 * i * i, squared_norm(a), squared_norm(s)), dim=-1)
     feats = F.layer_norm(
         feats, (3 * config.embedding_dimension,), rep.out_norm.weight, rep.out_norm.bias
     )
-    return act(_linear(rep.linear, feats))
+    h = _linear(rep.linear, feats)
+    return act(h) if config.linear_activation else h
 
 
 def atomic_energies(
     rep: RepresentationParams,
-    head: torch.nn.Sequential,
+    output_model: torch.nn.Module,
     config: ModelConfig,
     z: Tensor,
     edge_index: Tensor,
@@ -136,7 +138,8 @@ def atomic_energies(
     edge_dist: Tensor,
     charge_factor: Tensor,
 ) -> Tensor:
-    """The model's per-atom output epsilon_i [N, 1] (before std, priors and reduction)."""
+    """The model's per-atom output epsilon_i [N, 1] (before std, priors and reduction);
+    ``output_model`` holds the Scalar head or the gated readout (``config.readout``)."""
     # Self-loops have d = 0 exactly (coincident distinct atoms are rejected before); an atom's
     # own periodic image (i == j, lattice shift != 0) is an ordinary edge.
     is_self = edge_dist == 0
@@ -149,7 +152,7 @@ def atomic_energies(
     x = embedding(rep.tensor_embedding, config, z, edge_index, unit_vec, phi, rbf)
     for layer in rep.layers:
         x = interaction(layer, config, x, edge_index, rbf, phi, charge_factor)
-    return scalar_head(head, config, atomic_features(rep, config, x))
+    return output_head(output_model, config, atomic_features(rep, config, x))
 
 
 __all__ = ["atomic_energies", "embedding", "interaction", "radial_filter", "identity_part"]

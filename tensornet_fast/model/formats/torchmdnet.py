@@ -14,16 +14,20 @@ older file), ``layout="blocked"`` for files written by 3.x.
 
 from __future__ import annotations
 
+import collections
+import math
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, InputError, OverrideError
 from ..config import ModelConfig, PriorSpec
+from ..elements import trained_elements
 
 LAYOUTS = ("auto", "blocked", "interleaved")
 SUPPORTED_PRIORS = ("Atomref", "LearnableAtomref", "ZBL", "D2")
@@ -57,17 +61,63 @@ _HPARAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def read_checkpoint_file(path: str | os.PathLike) -> Mapping[str, Any]:
-    """Unpickle a checkpoint on the CPU with a clear error for anything that is not one."""
+def _allowed_globals() -> list:
+    """The non-tensor types found in torchmd-net / Lightning checkpoints, allowed by the
+    ``weights_only`` unpickler: argparse namespaces and Lightning's AttributeDict (old
+    ``hyper_parameters``), numpy scalars and dtypes (hyper-parameters computed with numpy),
+    paths (callback state). Reconstructing each of them runs no code beyond a constructor
+    and a ``__dict__`` / item update. torchmd-net 3.1's own files (tests/oracle.py) and the
+    bundled default.ckpt need none of them."""
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    allowed: list = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath]
+    for name in (
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "lightning.pytorch.utilities.parsing.AttributeDict",
+        "lightning.fabric.utilities.data.AttributeDict",
+        "lightning_fabric.utilities.data.AttributeDict",
+    ):
+        # read as an OrderedDict: only its items are used, and the weights_only unpickler fills
+        # (SETITEMS) no dict subclass but dict, OrderedDict and Counter
+        allowed.append((collections.OrderedDict, name))
+    core = getattr(np, "_core", None) or np.core
+    allowed += [core.multiarray.scalar, np.dtype]
+    allowed += [type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "?", "U1")]
+    allowed.append((core.multiarray.scalar, "numpy.core.multiarray.scalar"))
+    return allowed
+
+
+def read_checkpoint_file(path: str | os.PathLike, trust_pickle: bool = False) -> Mapping[str, Any]:
+    """Unpickle a checkpoint on the CPU with a clear error for anything that is not one.
+
+    By default with ``weights_only=True`` and the allow-list of ``_allowed_globals``: a file
+    whose pickle would call anything else (a crafted file that runs code when loaded) is
+    refused with ``CheckpointError`` before any of it runs. ``trust_pickle=True`` unpickles
+    with ``weights_only=False`` (arbitrary code: only for files you trust)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        # Lightning checkpoints pickle plain Python objects (hyper-parameter dicts, argparse
-        # namespaces), which weights_only=True refuses; these files are trusted model files.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # corrupt zip, truncated file, not a pickle...
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {exc}") from exc
+    if trust_pickle:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # corrupt zip, truncated file, not a pickle...
+            raise CheckpointError(f"cannot read {path} as a torch checkpoint: {exc}") from exc
+    else:
+        try:
+            with torch.serialization.safe_globals(_allowed_globals()):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path} was refused by the safe loader (torch.load weights_only=True with "
+                f"tensornet_fast's allow-list of checkpoint types): {str(exc).splitlines()[0]} "
+                "-- nothing in the file was run. If you trust the file, load it with "
+                "trust_pickle=True (unpickling can run arbitrary code)."
+            ) from None
+        except Exception as exc:  # corrupt zip, truncated file, not a pickle...
+            raise CheckpointError(f"cannot read {path} as a torch checkpoint: {exc}") from exc
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(
             f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state dict"
@@ -134,12 +184,26 @@ def _parse_priors(hparams: Mapping[str, Any]) -> tuple[PriorSpec, ...]:
     return tuple(specs)
 
 
-def config_from_hparams(hparams: Mapping[str, Any], overrides: Mapping[str, Any]) -> ModelConfig:
-    hp = {**_HPARAM_DEFAULTS, **hparams}
-    for key, value in overrides.items():
-        if key not in _HPARAM_DEFAULTS and key not in hparams:
-            raise TypeError(f"unknown model override {key}={value!r}")
-        hp[key] = value
+def _typed(hp: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = hp[key]
+    if kind is bool:
+        if not isinstance(value, (bool, int)):
+            raise CheckpointError(f"{key} must be true or false, got {value!r}")
+        return bool(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or isinstance(value, bool) or math.isnan(number):
+        raise CheckpointError(f"{key} must be a number, got {value!r}")
+    if kind is int:
+        if not number.is_integer():
+            raise CheckpointError(f"{key} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def _build_config(hp: Mapping[str, Any], remove_ref_off: bool) -> ModelConfig:
     model_name = hp["model"]
     if model_name != "tensornet":
         raise CheckpointError(
@@ -153,34 +217,66 @@ def config_from_hparams(hparams: Mapping[str, Any], overrides: Mapping[str, Any]
     priors = list(_parse_priors(hp))
     # torchmd-net's remove_ref_energy: the Atomref prior was trained disabled; loading with
     # remove_ref_energy=False switches it on to predict total energies.
-    if hparams.get("remove_ref_energy") and overrides.get("remove_ref_energy") is False:
+    if remove_ref_off:
         if not priors or priors[-1].name != "Atomref":
             raise CheckpointError(
                 "remove_ref_energy=False needs an Atomref prior as the last prior"
             )
         priors[-1] = PriorSpec("Atomref", {**priors[-1].args, "enable": True})
     box = hp.get("box_vecs")
+    if box is not None:
+        try:
+            box = tuple(tuple(float(x) for x in row) for row in box)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"box_vecs must be 3 rows of 3 numbers, got {box!r}") from None
     config = ModelConfig(
-        embedding_dimension=int(hp["embedding_dimension"]),
-        num_layers=int(hp["num_layers"]),
-        num_rbf=int(hp["num_rbf"]),
+        embedding_dimension=_typed(hp, "embedding_dimension", int),
+        num_layers=_typed(hp, "num_layers", int),
+        num_rbf=_typed(hp, "num_rbf", int),
         rbf_type=str(hp["rbf_type"]),
-        trainable_rbf=bool(hp["trainable_rbf"]),
+        trainable_rbf=_typed(hp, "trainable_rbf", bool),
         activation=str(hp["activation"]),
-        cutoff_lower=float(hp["cutoff_lower"]),
-        cutoff_upper=float(hp["cutoff_upper"]),
-        max_z=int(hp["max_z"]),
-        max_num_neighbors=int(hp["max_num_neighbors"]),
+        cutoff_lower=_typed(hp, "cutoff_lower", float),
+        cutoff_upper=_typed(hp, "cutoff_upper", float),
+        max_z=_typed(hp, "max_z", int),
+        max_num_neighbors=_typed(hp, "max_num_neighbors", int),
         equivariance_invariance_group=str(hp["equivariance_invariance_group"]),
-        precision=int(hp["precision"]),
+        precision=_typed(hp, "precision", int),
         reduce_op=str(hp["reduce_op"]),
         charge=bool(hp.get("charge", False)),
         priors=tuple(priors),
         output_hidden_layers=0,
-        box_vecs=None if box is None else tuple(tuple(float(x) for x in row) for row in box),
+        box_vecs=box,
     )
     config.validate()
     return config
+
+
+def config_from_hparams(hparams: Mapping[str, Any], overrides: Mapping[str, Any]) -> ModelConfig:
+    """The config of the checkpoint's hyper-parameters with ``overrides`` applied. A bad value
+    in the file is a ``CheckpointError``, a bad override an ``InputError`` naming it."""
+    base = {**_HPARAM_DEFAULTS, **hparams}
+    for key, value in overrides.items():
+        if key not in base:
+            raise OverrideError(
+                f"unknown model override {key}={value!r}; the overridable hyper-parameters are "
+                + ", ".join(sorted(base))
+            )
+    hp = {**base, **overrides}
+    remove_ref_off = bool(hparams.get("remove_ref_energy")) and (
+        overrides.get("remove_ref_energy") is False
+    )
+    try:
+        return _build_config(hp, remove_ref_off)
+    except CheckpointError as exc:
+        if not overrides:
+            raise
+        try:
+            _build_config(base, False)
+        except CheckpointError:
+            raise exc from None
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise InputError(f"load_model override {given}: {exc}") from None
 
 
 def _deinterleave(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +296,8 @@ def _interleaved_keys(num_layers: int) -> list[str]:
 
 
 def resolve_layout(hparams: Mapping[str, Any], layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if layout != "auto":
         return layout
     if "check_errors" in hparams:
@@ -235,19 +331,49 @@ def normalise_state_dict(
     return state
 
 
+class Checkpoint(NamedTuple):
+    config: ModelConfig
+    state: dict[str, torch.Tensor]  # normalised (blocked layout, no ``model.`` prefix)
+    layout: str  # the layout used
+    elements: tuple[int, ...] | None  # trained elements (``model.elements``), None: unknown
+
+
+def read_checkpoint(
+    path_or_dict: str | os.PathLike | Mapping[str, Any],
+    layout: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> Checkpoint:
+    """Parse a checkpoint into its config, normalised state dict, layout and trained elements."""
+    if isinstance(path_or_dict, Mapping):
+        ckpt = path_or_dict
+    elif isinstance(path_or_dict, (str, bytes, os.PathLike)):
+        ckpt = read_checkpoint_file(path_or_dict, trust_pickle=trust_pickle)
+    else:
+        raise CheckpointError(
+            "path must be a checkpoint file name, a model name ("
+            + ", ".join(("default",))
+            + ") or a checkpoint / state-dict mapping, got "
+            + type(path_or_dict).__name__
+        )
+    hparams, state = split_checkpoint(ckpt)
+    if not hparams:
+        hparams = infer_hparams_from_state(state)
+    config = config_from_hparams(hparams, overrides or {})
+    used = resolve_layout(hparams, layout)
+    state = normalise_state_dict(state, config, used)
+    elements = trained_elements(ckpt, hparams, state, config.max_z)
+    return Checkpoint(config, state, used, elements)
+
+
 def load_checkpoint(
     path_or_dict: str | os.PathLike | Mapping[str, Any],
     layout: str = "auto",
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     """Parse a checkpoint into (config, normalised state dict, layout used)."""
-    ckpt = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint_file(path_or_dict)
-    hparams, state = split_checkpoint(ckpt)
-    if not hparams:
-        hparams = infer_hparams_from_state(state)
-    config = config_from_hparams(hparams, overrides or {})
-    used = resolve_layout(hparams, layout)
-    return config, normalise_state_dict(state, config, used), used
+    c = read_checkpoint(path_or_dict, layout, overrides)
+    return c.config, c.state, c.layout
 
 
 def infer_hparams_from_state(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
