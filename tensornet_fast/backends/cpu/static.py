@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import NotTraceable
-from ..shared.cache import derived, weights_key
+from ..shared.cache import derived, tracing, weights_key
 from ..shared.tables import filter_tables
 from .filters import TabulatedFilter
 from .fused import _FusedModel, prepared
@@ -83,7 +83,7 @@ def check_static(model) -> None:
 def atomic_energies(model, ops, z: Tensor, nl, charge_factor: Tensor) -> Tensor:
     """epsilon_i [N, 1] through the compiled kernels, traceable (see the module docstring)."""
     check_static(model)
-    key = weights_key(model)
+    key = None if tracing() else weights_key(model)  # traced: prepare() built the state
     g = _StaticGraph(nl, z.shape[0], ops)
     filters = [TabulatedFilter(s, g) for s in filter_tables(model, key)]
     ztab = full_pair_table(model, key)

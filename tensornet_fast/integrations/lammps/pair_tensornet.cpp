@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <unordered_map>
 
 using namespace LAMMPS_NS;
@@ -281,15 +280,6 @@ void PairTensorNet::compute(int eflag, int vflag) {
   }
   std::vector<at::Tensor> inputs = {z, pos64.to(fdtype), edge_index, offsets64.to(fdtype),
                                     torch::full({1}, nlocal, torch::kInt64)};
-  if (const char *dump = std::getenv("TNF_LAMMPS_DEBUG_DUMP")) {
-    std::vector<at::Tensor> saved = inputs;
-    auto tags = torch::empty({n}, torch::kInt64);
-    for (int r = 0; r < nnodes; ++r) tags[r] = static_cast<int64_t>(atom->tag[atom_of_[r]]);
-    saved.push_back(tags);
-    auto bytes = torch::pickle_save(c10::IValue(c10::List<at::Tensor>(saved)));
-    std::ofstream(std::string(dump) + "." + std::to_string(comm->me) + ".pt", std::ios::binary)
-        .write(bytes.data(), bytes.size());
-  }
   std::vector<at::Tensor> out;
   try {
     out = package_->run(inputs);
