@@ -53,6 +53,19 @@ def add_arguments_export(p: argparse.ArgumentParser) -> None:
         help="total charge in elementary charges, baked into the package (models trained with "
         "charge: true; ignored by others)",
     )
+    p.add_argument(
+        "--lammps",
+        action="store_true",
+        help="the package of the LAMMPS pair style tensornet (docs/lammps.md): one MPI rank's "
+        "atoms and edges in, energy, forces and virial out; runs the cpu backend's compiled "
+        "kernels (--backend reference: plain aten ops)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("cpu", "reference"),
+        default=None,
+        help="--lammps only: cpu (default, compiled kernels) or reference",
+    )
     add_layout(p)
 
 
@@ -115,6 +128,8 @@ def run_export(args: argparse.Namespace) -> int:
             charge=args.charge,
             precision=args.precision,
             layout=args.layout,
+            lammps=args.lammps,
+            backend=args.backend,
             log=say,
         )
         os.replace(path, args.out)  # whole package or nothing
@@ -127,8 +142,9 @@ def run_export(args: argparse.Namespace) -> int:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    say(
-        f"wrote {args.out} in {time.perf_counter() - t0:.1f} s; run it from C++ with "
-        "examples/cpp/run_exported.cpp"
-    )
+    if args.lammps:
+        use = f"in LAMMPS: pair_style tensornet {args.out}"
+    else:
+        use = "run it from C++ with examples/cpp/run_exported.cpp"
+    say(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s; {use}")
     return 0

@@ -26,9 +26,11 @@ images, dtype, max_z and the input/output names, so a host can validate its inpu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +42,10 @@ from ..errors import InputError, NotTraceable
 from ..model import TensorNetModel, load_model
 from ..model.assembly import evaluate, max_cutoff
 from ..model.inputs import System
-from .traceable import GivenEdges, check_traceable, dense_edges, dense_max_atoms
+from .traceable import Edges, GivenEdges, check_traceable, dense_edges, dense_max_atoms
 
 FORMAT_VERSION = "1"
+LAMMPS_FORMAT_VERSION = "1"
 
 
 def _energy_forces(model: TensorNetModel, periodic: bool, images: int, charge: float):
@@ -212,6 +215,146 @@ def metadata(model: TensorNetModel, periodic: bool, images: int, charge: float) 
     }
 
 
+# ------------------------------------------------------------------------------------- LAMMPS
+# The package the LAMMPS pair style (tensornet_fast/integrations/lammps/) runs, on one MPI rank's
+# atoms: its own ("local") atoms first, then the ghost atoms it needs as nodes of the graph.
+#   inputs:  z [N] int64, pos [N, 3], edge_index [2, E] int64 (receiver, sender; sorted by
+#            receiver, one self-loop (i, i) per node), offsets [E, 3] (edge vector =
+#            pos[i] - pos[j] + offset: a periodic image folded onto its owner), n_local [1] int64
+#   outputs: energy [1] (the local atoms' energy, model.mean included once), atom_energies [N]
+#            (valid for the local atoms), forces [N, 3] = -d(energy)/d(pos) on every node (ghost
+#            nodes' forces belong to other ranks: LAMMPS sends them home), virial [3, 3] =
+#            -d(energy)/d(strain), symmetric (sum r (x) f; LAMMPS's convention).
+# How: the rank's atoms are molecule 0 and its ghost nodes molecule 1 of one System with an
+# identity cell per molecule (the offsets are Cartesian), run through the one assembly with
+# gradient_of = (1, 0); the virial is the sum of both molecules' strain derivatives (one
+# homogeneous deformation of every edge vector).
+LAMMPS_INPUTS = "z,pos,edge_index,offsets,n_local"
+LAMMPS_OUTPUTS = "energy,atom_energies,forces,virial"
+
+
+def lammps_model(model: TensorNetModel, backend: str = "cpu") -> TensorNetModel:
+    """The model as the LAMMPS package traces it: with ``backend="cpu"`` a shallow copy (same
+    weights) whose cpu backend runs its traced path through the compiled kernels
+    (``backends/cpu/static.py``); ``"reference"``: the plain-aten math (a package that needs
+    no tensornet_fast library in the host, several times slower)."""
+    from ..backends.cpu import CpuBackend
+
+    c = model.config
+    if c.reduce_op != "add":
+        raise InputError(
+            f"reduce_op={c.reduce_op!r}: the energy is not a sum of atomic energies, so it "
+            "cannot be split over LAMMPS's ranks and ghost atoms (reduce_op='add' only)"
+        )
+    if backend == "cpu":
+        from .. import _extension
+
+        if _extension.ops() is None:
+            raise NotTraceable(
+                "the LAMMPS package with backend='cpu' needs the compiled extension "
+                "(python setup.py build_ext --inplace); or export with backend='reference'"
+            )
+        traced = copy.copy(model)  # shares parameters, buffers and derived state
+        traced.backend_impl = CpuBackend(explicit=True, traceable=True)
+        return traced
+    if backend == "reference":
+        if model.backend == "reference":
+            return model
+        from ..backends import select
+
+        traced = copy.copy(model)
+        traced.backend_impl = select("reference", model.device)
+        return traced
+    raise InputError(f"backend must be 'cpu' or 'reference' for a LAMMPS package, got {backend!r}")
+
+
+def _lammps_fn(model: TensorNetModel, charge: float):
+    factor = 1.0 + 0.1 * charge if model.config.charge else 1.0
+
+    def fn(z: Tensor, pos: Tensor, edge_index: Tensor, offsets: Tensor, n_local: Tensor):
+        n = pos.shape[0]
+        batch = (torch.arange(n, device=z.device) >= n_local).long()  # 0 local, 1 ghost
+        atoms = torch.cat((n_local, n - n_local))
+        cell = torch.eye(3, dtype=pos.dtype, device=pos.device).expand(2, 3, 3)
+        charge_factor = torch.full((n,), factor, dtype=pos.dtype, device=pos.device)
+        system = System(z, pos, batch, 2, atoms, cell, charge_factor)
+        edges = GivenEdges(model, batch, Edges(edge_index, offsets))
+        weights = torch.tensor([1.0, 0.0], dtype=pos.dtype, device=pos.device)
+        out = evaluate(
+            model,
+            system,
+            edges,
+            forces=True,
+            stress=True,
+            atom_energies=True,
+            static=True,
+            gradient_of=weights,
+        )
+        # stress = sym(dE/dstrain) / det(cell) per molecule, det = 1: their sum is the derivative
+        # under one homogeneous strain of every edge vector
+        virial = -out["stress"].sum(0)
+        return out["energy"][0], out["atom_energies"], out["forces"], virial
+
+    return fn
+
+
+def lammps_example(model: TensorNetModel) -> tuple[Tensor, ...]:
+    """A small graph as the pair style passes it: 6 atoms (4 local), all pairs within the
+    cutoff, self-loops, receiver-sorted, one periodic-image edge."""
+    from ..neighbors import radius_graph_full
+
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    z = torch.randint(1, min(model.config.max_z, 10), (n,), generator=g)
+    pos = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2.5).to(model.dtype)
+    nl = radius_graph_full(pos, float(max_cutoff(model)), loop=True)
+    offsets = torch.zeros(nl.edge_index.shape[1], 3, dtype=model.dtype)
+    return z, pos, nl.edge_index.contiguous(), offsets, torch.tensor([4])
+
+
+def trace_lammps(model: TensorNetModel, charge: float = 0.0, backend: str = "cpu"):
+    """make_fx trace of the LAMMPS package's function (see LAMMPS_INPUTS / LAMMPS_OUTPUTS)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    traced = lammps_model(model.eval(), backend)
+    check_traceable(traced, "the LAMMPS export")
+    # the weights, tables and packed weights are real tensors: constants of the graph
+    fn = make_fx(_lammps_fn(traced, charge), tracing_mode="symbolic", _allow_non_fake_inputs=True)
+    with torch.no_grad():  # no gradients w.r.t. the weights (evaluate enables them for pos)
+        gm = fn(*lammps_example(model))
+    outer_products_as_mul(gm)
+    return gm
+
+
+def export_lammps_program(gm: torch.fx.GraphModule, model: TensorNetModel):
+    atoms = torch.export.Dim("atoms", min=2, max=1 << 24)
+    edges = torch.export.Dim("edges", min=2, max=1 << 30)
+    shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None)
+    example = lammps_example(model)
+    return torch.export.export(gm, example, dynamic_shapes=shapes, strict=False)
+
+
+def lammps_metadata(model: TensorNetModel, charge: float, backend: str) -> dict:
+    c = model.config
+    names = [spec.name for spec in c.priors]
+    return {
+        "tensornet_fast_lammps": LAMMPS_FORMAT_VERSION,
+        "dtype": "float64" if model.dtype == torch.float64 else "float32",
+        "cutoff": repr(float(c.cutoff_upper)),
+        "max_cutoff": repr(float(max_cutoff(model))),
+        # message passes: the embedding and each interaction layer look one cutoff further
+        "num_layers": str(int(c.num_layers)),
+        "max_z": str(int(c.max_z)),
+        "mean": repr(float(model.mean)),
+        "d2": "1" if "D2" in names else "0",
+        "charge": repr(float(charge)) if c.charge else "",
+        "backend": backend,
+        "inputs": LAMMPS_INPUTS,
+        "outputs": LAMMPS_OUTPUTS,
+    }
+
+
+# ------------------------------------------------------------------------------- export_model
 def export_model(
     model_or_path: TensorNetModel | str | os.PathLike = "default",
     out_path: str | os.PathLike = "tensornet.pt2",
@@ -220,16 +363,19 @@ def export_model(
     images: int = 1,
     charge: float = 0.0,
     precision: int | None = None,
+    lammps: bool = False,
+    backend: str | None = None,
     verbose: bool = False,
     log: Callable[[str], None] | None = None,
     **load_kwargs: Any,
 ) -> str:
-    """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``).
+    """Write an AOTInductor package computing energy + forces (+ stress when ``periodic``), or
+    with ``lammps`` the package of the LAMMPS pair style ``tensornet``.
 
     Args:
-        model_or_path: a :class:`TensorNetModel` (its weights are copied; its backend must be
-            ``"reference"``) or a checkpoint path / ``"default"`` (loaded here
-            with ``backend="reference"``).
+        model_or_path: a :class:`TensorNetModel` (its weights are copied; for the molecule /
+            periodic packages its backend must be ``"reference"``) or a checkpoint path /
+            ``"default"`` (loaded here).
         out_path: the ``.pt2`` file to write.
         periodic: the package takes a cell ``box`` [3, 3] (rows a, b, c) and also returns the
             stress (1/V) dE/d(strain); without it the system is an isolated molecule.
@@ -238,6 +384,11 @@ def export_model(
             ``examples/cpp/run_exported.cpp`` checks it).
         charge: total charge, baked in, for models trained with ``charge: true``.
         precision: 32 or 64 to convert a checkpoint on load (default: the checkpoint's).
+        lammps: the LAMMPS package (docs/lammps.md): one rank's atoms and ghost atoms with a
+            given edge list in, energy, per-atom energies, forces and virial out.
+        backend: LAMMPS package only: ``"cpu"`` (default; the compiled kernels, the host loads
+            tensornet_fast's operator library) or ``"reference"`` (plain aten ops).
+        verbose: print the stage lines to stderr (when no ``log`` is given).
         log: called with a line as each stage starts and ends, with elapsed seconds
             (``tensornet-fast export`` prints them: compilation takes minutes).
         **load_kwargs: passed to :func:`load_model` (e.g. ``layout=``).
@@ -249,12 +400,25 @@ def export_model(
     """
     if precision not in (None, 32, 64):
         raise InputError(f"precision must be 32, 64 or None, got {precision!r}")
+    if verbose and log is None:
+
+        def log(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
     t_start = time.perf_counter()
 
     def stage(msg: str) -> None:
         if log is not None:
             log(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")
 
+    if lammps and periodic:
+        raise InputError("--lammps packages take LAMMPS's own cell handling: drop --periodic")
+    if not lammps and backend not in (None, "reference"):
+        raise InputError(
+            f"backend={backend!r}: molecule / periodic packages run the reference math "
+            "(backend='reference'); the cpu kernels are for the LAMMPS package (lammps=True)"
+        )
+    backend = backend or ("cpu" if lammps else "reference")
     if isinstance(model_or_path, TensorNetModel):
         model = model_or_path
         if precision is not None:
@@ -266,26 +430,24 @@ def export_model(
         )
     if model.device.type != "cpu":
         raise InputError("export_model traces on CPU: pass a model on the CPU (model.cpu())")
-    stage("model loaded; tracing energy and forces (make_fx)")
-    t0 = time.perf_counter()
-    module = trace_model(model, periodic=periodic, images=images, charge=charge)
-    t1 = time.perf_counter()
-    stage("traced; exporting the graph (torch.export)")
-    program = export_program(module, model)
-    t2 = time.perf_counter()
-    stage("exported; compiling C++ with AOTInductor (the long stage: minutes on 2 cores)")
     out_path = os.fspath(out_path)
-    meta = metadata(model, periodic, images, charge)
+    if lammps:
+        stage(f"model loaded; tracing energy, forces and virial for LAMMPS (backend {backend})")
+        gm = trace_lammps(model, charge=charge, backend=backend)
+        stage("traced; exporting the graph (torch.export, dynamic atom and edge counts)")
+        program = export_lammps_program(gm, model)
+        meta = lammps_metadata(model, charge, backend)
+    else:
+        stage("model loaded; tracing energy and forces (make_fx)")
+        module = trace_model(model, periodic=periodic, images=images, charge=charge)
+        stage("traced; exporting the graph (torch.export)")
+        program = export_program(module, model)
+        meta = metadata(model, periodic, images, charge)
+    stage("exported; compiling C++ with AOTInductor (the long stage: minutes on 2 cores)")
     path = torch._inductor.aoti_compile_and_package(
         program, package_path=out_path, inductor_configs={"aot_inductor.metadata": meta}
     )
-    stage(f"compiled and packaged: {path}")
-    if verbose:
-        t3 = time.perf_counter()
-        print(
-            f"traced {t1 - t0:.1f} s, exported {t2 - t1:.1f} s, compiled {t3 - t2:.1f} s: "
-            f"{path} {json.dumps(meta)}"
-        )
+    stage(f"compiled and packaged: {path} {json.dumps(meta)}")
     return path
 
 

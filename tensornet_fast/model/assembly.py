@@ -235,6 +235,7 @@ def evaluate(
     stress: bool = False,
     atom_energies: bool = False,
     static: bool = False,
+    gradient_of: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """``{"energy": [n_mol, 1]}`` plus, as requested, ``forces`` [N, 3], ``stress``
     [n_mol, 3, 3] and ``atom_energies`` [N], in the caller's atom order.
@@ -245,7 +246,11 @@ def evaluate(
     stay attached to it: energies differentiate through the backend's own backward, forces and
     stress are differentiable again where the backend has second derivatives (reference) and
     raise a clear error on a second derivative elsewhere. Training mode (gradients w.r.t. the
-    weights) runs the reference math on backends without parameter gradients."""
+    weights) runs the reference math on backends without parameter gradients.
+
+    ``gradient_of`` [n_mol]: forces and stress are the derivatives of sum_m gradient_of[m] E_m
+    instead of sum_m E_m (the LAMMPS package: molecule 0 = the rank's own atoms, 1 = its ghost
+    atoms, whose energies belong to other ranks but whose positions move molecule 0's)."""
     pos = system.pos
     keep_graph = not static and (model.training or (pos.requires_grad and torch.is_grad_enabled()))
     backend = for_call(
@@ -278,8 +283,9 @@ def evaluate(
         inputs = ([leaf] if forces else []) + ([strain] if stress else [])
         grads = []
         if inputs:
+            total = energy.sum() if gradient_of is None else (energy[:, 0] * gradient_of).sum()
             grads = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=second_order, retain_graph=keep_graph
+                total, inputs, create_graph=second_order, retain_graph=keep_graph
             )
         if forces:
             out["forces"] = -grads[0]

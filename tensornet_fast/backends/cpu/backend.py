@@ -38,19 +38,25 @@ from .filters import make_filters
 from .fused import _FusedModel, prepared
 from .graph import Graph
 from .ops import compiled_ops, stage
+from .static import atomic_energies as static_atomic_energies
+from .static import prepare as static_prepare
 from .threads import threads_for
 
 
 class CpuBackend(Backend):
     """``use_extension=False`` runs the chunked-PyTorch path even where the compiled kernels
-    are built (same numbers within rounding, slower; the tests compare the two)."""
+    are built (same numbers within rounding, slower; the tests compare the two).
+    ``traceable=True``: traced calls (``static=True``) run the compiled kernels through
+    ``static.py`` (what export and the LAMMPS package use) instead of the reference math. Off by
+    default: ``compile_model`` (Dynamo) is not tested on it."""
 
     name = "cpu"
     filter_modes = ("exact", "tabulated")
 
-    def __init__(self, explicit: bool = True, use_extension: bool = True):
+    def __init__(self, explicit: bool = True, use_extension: bool = True, traceable: bool = False):
         super().__init__(explicit)
         self.use_extension = use_extension
+        self.traceable = traceable  # shadows the class's False for this instance
 
     def ops(self):
         return compiled_ops() if self.use_extension else None
@@ -87,13 +93,20 @@ class CpuBackend(Backend):
         return threads_for(n_atoms)
 
     def prepare(self, model) -> None:
-        if model.filter_mode == "tabulated":
+        if self.traceable and self.ops() is not None:
+            static_prepare(model, self.ops())
+        elif model.filter_mode == "tabulated":
             filter_tables(model)
 
     def atomic_energies(self, model, z: Tensor, nl, charge_factor: Tensor, *, static=False):
-        if static:
-            raise NotTraceable("the cpu backend's kernels run as host code and cannot be traced")
         ops = self.ops()
+        if static:
+            if not self.traceable or ops is None:
+                raise NotTraceable(
+                    "this cpu backend has no traced path: CpuBackend(traceable=True) with the "
+                    "compiled extension built"
+                )
+            return static_atomic_energies(model, ops, z, nl, charge_factor)
         key = weights_key(model)
         g = Graph(nl, z.shape[0], ops)
         deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad

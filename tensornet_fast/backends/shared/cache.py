@@ -113,13 +113,22 @@ def track_parameters(model: nn.Module) -> None:
             p.__class__ = TrackedParameter
 
 
+def tracing() -> bool:
+    """Whether a torch.compile (Dynamo) or make_fx / torch.export trace is running."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
+
+
 def derived(model: nn.Module, name: str, build: Callable[[], Any], key: tuple | None = None):
     """``build()``'s value, cached on ``model`` under ``name`` until the weights change.
     ``key``: the current ``weights_key(model)`` when the caller already has it."""
     cache = model.__dict__.setdefault("_derived_state", {})
-    if torch.compiler.is_compiling() and name in cache:
-        # Inside a torch.compile trace the state was built before tracing (the caller prepares
-        # the backend and re-traces when the weights change); data pointers are not traceable.
+    if tracing() and name in cache:
+        # Inside a torch.compile or make_fx trace the state was built before tracing (the
+        # caller prepares the backend and re-traces when the weights change); data pointers
+        # and the value-checked buffers are not traceable (comparing traced values guards on
+        # data: GuardOnDataDependentSymNode).
         return cache[name][1]
     key = weights_key(model) if key is None else key
     hit = cache.get(name)
