@@ -315,12 +315,17 @@ def lammps_example(model: TensorNetModel) -> tuple[Tensor, ...]:
 def trace_lammps(model: TensorNetModel, charge: float = 0.0, backend: str = "cpu"):
     """make_fx trace of the LAMMPS package's function (see LAMMPS_INPUTS / LAMMPS_OUTPUTS)."""
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.nn.utils.stateless import _reparametrize_module
 
     traced = lammps_model(model.eval(), backend)
     check_traceable(traced, "the LAMMPS export")
     # the weights, tables and packed weights are real tensors: constants of the graph
     fn = make_fx(_lammps_fn(traced, charge), tracing_mode="symbolic", _allow_non_fake_inputs=True)
-    with torch.no_grad():  # no gradients w.r.t. the weights (evaluate enables them for pos)
+    # The parameters are TrackedParameters (backends/shared/cache.py), which make_fx cannot
+    # take as constants ("Multiple dispatch failed for aten.index", e.g. the Atomref prior's
+    # weight[z]): plain detached views of the same storages stand in for them while tracing.
+    plain = {name: p.detach() for name, p in traced.named_parameters(remove_duplicate=False)}
+    with torch.no_grad(), _reparametrize_module(traced, plain):
         gm = fn(*lammps_example(model))
     outer_products_as_mul(gm)
     return gm

@@ -247,3 +247,27 @@ def test_export_refuses_untraceable_backend(ckpt, tmp_path):
     model = tnf.load_model(ckpt, backend="cpu")
     with pytest.raises(NotTraceable, match="backend='reference'"):
         tnf_export.export_model(model, tmp_path / "x.pt2")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_lammps_trace_of_the_bundled_model(backend):
+    """The LAMMPS function traced for the bundled model (Atomref prior, mean/std: parameters
+    indexed by the traced z) equals the eager call on a molecule whose atoms are all local.
+    The bundled model's --lammps export failed in tracing before (TrackedParameter constants)."""
+    from tensornet_fast.neighbors import radius_graph_full
+
+    model = tnf.load_model("default")
+    if backend == "cpu" and model.backend_impl.ops() is None:
+        pytest.fail("the cpu backend's compiled extension is not built")
+    gm = tnf_export.trace_lammps(model, backend=backend)
+    atoms = molecule("CH3CH2OH")
+    z = torch.as_tensor(atoms.numbers)
+    pos = torch.as_tensor(atoms.positions, dtype=torch.float32)
+    nl = radius_graph_full(pos, float(model.config.cutoff_upper), loop=True)
+    offsets = torch.zeros(nl.edge_index.shape[1], 3)
+    energy, atom_energies, forces, _ = gm(z, pos, nl.edge_index, offsets, torch.tensor([len(z)]))
+    ref_energy, ref_forces = model(z, pos)
+    f32 = torch.float32
+    assert_close(energy.reshape(1), ref_energy.reshape(1), f32, "energy", "lammps trace")
+    assert_close(atom_energies.sum().reshape(1), ref_energy.reshape(1), f32, "energy", "sum")
+    assert_close(forces, ref_forces, f32, "forces", "lammps trace")
