@@ -16,6 +16,7 @@ float32 implementation against float64 (tensornet_fast's float64 exact path, whi
 4.1.2's float64 to ~1e-13, tests/model/test_matgl.py).
 
     python bench/bench_matgl.py [--tiny] [--csv PATH] [--blocks 8] [--no-csv]
+    python bench/bench_matgl.py --profile   # where one call of ours spends its time
 """
 
 from __future__ import annotations
@@ -178,6 +179,59 @@ def _errors(folder: str, system: str, tiny: bool) -> dict:
     return out
 
 
+# torch profiler op -> the part of the call it belongs to (--profile)
+_PARTS = {
+    "cpu_layer_fwd": "interaction layers, forward",
+    "cpu_layer_bwd": "interaction layers, backward",
+    "cpu_embed_fwd": "embedding edge passes",
+    "cpu_embed_bwd": "embedding edge passes",
+    "cpu_embed_combine_fwd": "embedding combine (channel GEMMs)",
+    "cpu_embed_combine_bwd": "embedding combine (channel GEMMs)",
+    "cpu_rows_fwd": "LayerNorm + MLP rows (embedding, linear)",
+    "cpu_rows_bwd": "LayerNorm + MLP rows (embedding, linear)",
+    "cpu_sq_norms": "squared norms",
+    "cpu_sq_norms_bwd": "squared norms",
+    "radius_graph": "neighbour search",
+    "cpu_spline_locate": "spline intervals",
+    "aten::addmm": "gated readout (autograd GEMMs, SiLU)",
+    "aten::mm": "gated readout (autograd GEMMs, SiLU)",
+    "aten::silu": "gated readout (autograd GEMMs, SiLU)",
+    "aten::silu_backward": "gated readout (autograd GEMMs, SiLU)",
+}
+
+
+def _profile(folder: str, system: str, tiny: bool) -> None:
+    """Where one call of ``ours`` spends its time: on one thread, the call's median thread CPU
+    time (robust to other processes on a shared machine), then the torch profiler's self time
+    per part of the call (the profiler adds ~5 us per op, so "other" reads high)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    call, info = _setup("ours", folder, system, tiny)
+    for _ in range(3):
+        call()
+    n = max(3, min(30, round(1.0 / max(_timed(call), 1e-6))))
+    cpu = statistics.median(_timed(call, time.thread_time) for _ in range(n))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            call()
+    parts: dict = {}
+    for ev in prof.key_averages():
+        part = _PARTS.get(ev.key.removeprefix("tensornet_fast::"), "other ops, autograd, Python")
+        parts[part] = parts.get(part, 0.0) + ev.self_cpu_time_total
+    total = sum(parts.values())
+    print(f"{system} ({info['atoms']} atoms, {info['path']}): {cpu * 1e3:.1f} ms thread CPU time")
+    for part, t in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {part:42s} {100 * t / total:5.1f}%")
+
+
+def _timed(call, clock=time.perf_counter) -> float:
+    t = clock()
+    call()
+    return clock() - t
+
+
 def _interleaved(folder: str, system: str, tiny: bool, blocks: int) -> dict:
     def reply(proc):
         for line in proc.stdout:
@@ -233,8 +287,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-csv", action="store_true", help="print only")
     p.add_argument("--blocks", type=int, default=8, help="interleaved rounds per system")
     p.add_argument("--device", default="cpu", choices=("cpu",), help="cpu only (matgl on CPU)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the comparison: where one call of ours spends its time (1 thread)",
+    )
     p.add_argument("--serve", nargs=3, metavar=("IMPL", "FOLDER", "SYSTEM"), help=argparse.SUPPRESS)
     p.add_argument("--make", metavar="FOLDER", help=argparse.SUPPRESS)
+    p.add_argument("--profile-one", nargs=2, metavar=("FOLDER", "SYSTEM"), help=argparse.SUPPRESS)
     p.add_argument("--errors", nargs=2, metavar=("FOLDER", "SYSTEM"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.make:
@@ -243,8 +303,25 @@ def main(argv=None) -> int:
     if args.serve:
         _serve(*args.serve, args.tiny)
         return 0
+    if args.profile_one:
+        _profile(*args.profile_one, args.tiny)
+        return 0
     if args.errors:
         print(json.dumps(_errors(*args.errors, args.tiny)))
+        return 0
+
+    if args.profile:
+        folder = tempfile.mkdtemp(prefix="bench_matgl_")
+        tiny = ["--tiny"] if args.tiny else []
+        subprocess.run(
+            [sys.executable, __file__, "--make", folder, *tiny], check=True, env=_worker_env()
+        )
+        for system in ("NaCl", "MgO"):
+            subprocess.run(
+                [sys.executable, __file__, "--profile-one", folder, system, *tiny],
+                check=True,
+                env=_worker_env(),
+            )
         return 0
 
     from bench.harness import RESULTS_CSV, append_rows, environment

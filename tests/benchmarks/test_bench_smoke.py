@@ -128,3 +128,15 @@ def test_cli_has_bench_subcommand():
     assert "bench" in SUBCOMMANDS
     args = build_parser().parse_args(["bench", "--list"])
     assert args._run(args) == 0
+
+
+def test_bench_matgl_profile_tiny(capfd):
+    """``bench_matgl.py --profile`` (docs/matgl.md "Where our time goes") runs and names the
+    parts of the call for both systems."""
+    pytest.importorskip("matgl")
+    from bench import bench_matgl
+
+    assert bench_matgl.main(["--profile", "--tiny"]) == 0
+    out = capfd.readouterr().out
+    for want in ("NaCl (64 atoms", "MgO (16 atoms", "interaction layers, backward", "ms thread"):
+        assert want in out, out
