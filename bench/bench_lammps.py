@@ -8,10 +8,15 @@
   "Loop time" per step (neighbour lists with a 1 A skin, integration and the pair style),
   after a warm-up run.
 
-The Python call is timed before and after the LAMMPS run (the machine's load drifts) and the row
-``lammps:cpu`` carries ``speed_ratio`` = Python time / LAMMPS time per step in its notes.
+Both sides run with the same thread count (``--threads``, default 1 and 2): LAMMPS through
+``OMP_NUM_THREADS`` (unset, LAMMPS runs one OpenMP thread per rank, and torch inside it follows),
+Python through ``torch.set_num_threads`` with the adaptive thread rule off (the package in LAMMPS
+has none). The Python call is timed before and after each LAMMPS run (the machine's load
+drifts) and the row ``lammps:cpu`` carries ``speed_ratio`` = Python time / LAMMPS time per step
+in its notes.
 
-    python -m bench.bench_lammps [--tiny] [--per-side N] [--steps N] [--package PATH] [--csv PATH]
+    python -m bench.bench_lammps [--tiny] [--per-side N] [--steps N] [--threads 1 2]
+                                 [--package PATH] [--csv PATH]
 """
 
 from __future__ import annotations
@@ -45,12 +50,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke run (CI)")
     parser.add_argument("--per-side", type=int, default=None, help="waters per box side (6)")
     parser.add_argument("--steps", type=int, default=None, help="timed LAMMPS steps (40)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="thread counts, each side (1 2)"
+    )
     parser.add_argument("--package", default=None, help="a --lammps package of the model")
     parser.add_argument("--model", default="default", help="checkpoint (default: bundled)")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="LAMMPS runs on CPU")
     parser.add_argument("--csv", default=None, help="results CSV (default bench/results)")
     args = parser.parse_args(argv)
-
     import tensornet_fast as tnf
+    from tensornet_fast.backends.cpu import threads as cpu_threads
     from tensornet_fast.integrations import lammps as tnf_lammps
     from tensornet_fast.md.export import export_model
 
@@ -77,8 +86,6 @@ def main(argv=None) -> int:
         float(out["energy"].sum())
 
     repeats = 3 if args.tiny else 20
-    py_before = harness.time_call(python_call, "cpu", repeats=repeats, warmup=2, max_seconds=60)
-
     from ase import Atoms
     from ase.io import write
 
@@ -105,56 +112,84 @@ run {steps}
     with open(os.path.join(work, "in.lmp"), "w") as f:
         f.write(script)
     lmp = os.path.join(os.path.dirname(sys.executable), "lmp")
-    res = subprocess.run(
-        [lmp, "-in", "in.lmp", "-log", "log.lammps"], cwd=work, capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
-        return 1
-    lammps_s = _lammps_loop_seconds(res.stdout, steps)
-    py_after = harness.time_call(python_call, "cpu", repeats=repeats, warmup=1, max_seconds=60)
-    python_s = 0.5 * (py_before["median_s"] + py_after["median_s"])
-    ratio = python_s / lammps_s
     edges = model.neighbor_list(pos, torch.zeros_like(z), box).num_edges
     env = harness.environment("cpu")
-    tiny = "tiny=1" if args.tiny else ""
+    n_atoms = len(z)
     common = dict(
         env,
         benchmark="lammps",
         backend="cpu",
         mode="eager",
         dtype=str(model.dtype).replace("torch.", ""),
-        system=f"water-box-{len(z)}",
-        atoms=len(z),
+        system=f"water-box-{n_atoms}",
+        atoms=n_atoms,
         edges=edges,
         batch=1,
     )
-    rows = [
-        dict(
-            common,
-            implementation="python",
-            ns_per_atom=python_s / len(z) * 1e9,
-            notes=";".join(x for x in ("call=model.compute(stress=True)", tiny) if x),
-            **{**py_before, "median_s": python_s},
-        ),
-        dict(
-            common,
-            implementation="lammps",
-            ns_per_atom=lammps_s / len(z) * 1e9,
-            median_s=lammps_s,
-            notes=";".join(
-                x for x in (f"speed_ratio={ratio:.2f}", f"steps={steps}", "ranks=1", tiny) if x
-            ),
-        ),
-    ]
-    print(
-        f"water box {len(z)} atoms: python {python_s * 1e3:.1f} ms/call "
-        f"(before {py_before['median_s'] * 1e3:.1f}, after {py_after['median_s'] * 1e3:.1f}), "
-        f"LAMMPS {lammps_s * 1e3:.1f} ms/step: LAMMPS at {ratio:.2f}x the Python call's speed",
-        flush=True,
-    )
+    # the same thread count on both sides (the package in LAMMPS has no adaptive rule)
+    adaptive = cpu_threads.set_adaptive(False)
+    old_threads = torch.get_num_threads()
+    try:
+        rows = _timed_rows(args, work, lmp, python_call, common, n_atoms, steps, repeats)
+    finally:
+        cpu_threads.set_adaptive(adaptive)
+        torch.set_num_threads(old_threads)
+    if rows is None:
+        return 1
     harness.append_rows(rows, args.csv or harness.RESULTS_CSV)
     return 0
+
+
+def _timed_rows(args, work, lmp, python_call, common, n_atoms, steps, repeats):
+    tiny = "tiny=1" if args.tiny else ""
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        kw = dict(repeats=repeats, max_seconds=60)
+        py_before = harness.time_call(python_call, "cpu", warmup=2, **kw)
+        run_env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        res = subprocess.run(
+            [lmp, "-in", "in.lmp", "-log", "log.lammps"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env=run_env,
+        )
+        if res.returncode != 0:
+            print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
+            return None
+        lammps_s = _lammps_loop_seconds(res.stdout, steps)
+        py_after = harness.time_call(python_call, "cpu", warmup=1, **kw)
+        python_s = 0.5 * (py_before["median_s"] + py_after["median_s"])
+        ratio = python_s / lammps_s
+        notes = [f"threads={threads}", tiny]
+        rows += [
+            dict(
+                common,
+                implementation="python",
+                ns_per_atom=python_s / n_atoms * 1e9,
+                notes=";".join(x for x in ("call=model.compute(stress=True)", *notes) if x),
+                **{**py_before, "median_s": python_s},
+            ),
+            dict(
+                common,
+                implementation="lammps",
+                ns_per_atom=lammps_s / n_atoms * 1e9,
+                median_s=lammps_s,
+                notes=";".join(
+                    x
+                    for x in (f"speed_ratio={ratio:.2f}", f"steps={steps}", "ranks=1", *notes)
+                    if x
+                ),
+            ),
+        ]
+        print(
+            f"water box {n_atoms} atoms, {threads} thread(s): python {python_s * 1e3:.1f} ms/call "
+            f"(before {py_before['median_s'] * 1e3:.1f}, after {py_after['median_s'] * 1e3:.1f}), "
+            f"LAMMPS {lammps_s * 1e3:.1f} ms/step: LAMMPS at {ratio:.2f}x the Python call's speed",
+            flush=True,
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -56,6 +56,15 @@ def call_threads(n_atoms: int) -> int:
     return max(1, min(want, cores - _busy_cores()))
 
 
+def set_adaptive(enabled: bool) -> bool:
+    """Turn both rules on or off for this process (as ``TENSORNET_FAST_ADAPTIVE_THREADS`` does
+    at import); returns the previous setting. Benchmarks that compare against a host with a
+    fixed thread count (bench/bench_lammps.py) turn them off."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, bool(enabled)
+    return previous
+
+
 class _Threads:
     __slots__ = ("n", "previous")
 
