@@ -175,7 +175,11 @@ def _timed_rows(args, work, lmp, python_call, common, n_atoms, steps, repeats):
                 common,
                 implementation="lammps",
                 ns_per_atom=lammps_s / n_atoms * 1e9,
+                # one timed LAMMPS loop: its mean per step (no per-step spread to report)
                 median_s=lammps_s,
+                p20_s=lammps_s,
+                p80_s=lammps_s,
+                repeats=1,
                 notes=";".join(
                     x
                     for x in (f"speed_ratio={ratio:.2f}", f"steps={steps}", "ranks=1", *notes)
