@@ -162,10 +162,11 @@ def _timed_rows(args, work, lmp, python_call, common, n_atoms, steps, repeats):
         py_after = harness.time_call(python_call, "cpu", warmup=1, **kw)
         python_s = 0.5 * (py_before["median_s"] + py_after["median_s"])
         ratio = python_s / lammps_s
-        notes = [f"threads={threads}", tiny]
+        notes = [tiny]
+        row = dict(common, threads=threads)
         rows += [
             dict(
-                common,
+                row,
                 implementation="python",
                 ns_per_atom=python_s / n_atoms * 1e9,
                 notes=";".join(x for x in ("call=model.compute(stress=True)", *notes) if x),
@@ -178,7 +179,7 @@ def _timed_rows(args, work, lmp, python_call, common, n_atoms, steps, repeats):
                 },
             ),
             dict(
-                common,
+                row,
                 implementation="lammps",
                 ns_per_atom=lammps_s / n_atoms * 1e9,
                 # one timed LAMMPS loop: its mean per step (no per-step spread to report)
