@@ -11,7 +11,9 @@ Energy (docs/spec.md "Output and energy"): epsilon_i from the backend, times std
 Atomref prior, summed per molecule (divided by atoms + 1 for ``reduce_op="mean"``, as torchmd-net
 does), plus mean, plus the pair priors (ZBL, D2) over the pairs within their own cutoffs. Forces
 are -dE/dpos; stress is (1/V) dE/d(strain) under a homogeneous deformation of cell and positions,
-symmetrised; both by autograd through the backend's (hand-written or autograd) backward.
+symmetrised; both by autograd through the backend's (hand-written or autograd) backward, or,
+for energy + forces alone on a backend with ``direct_forces``, from its vector-Jacobian product
+without recording a graph (the same numbers).
 """
 
 from __future__ import annotations
