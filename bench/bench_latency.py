@@ -15,6 +15,9 @@ rounds so host phases hit all of them):
   (``stages_us=``: step bookkeeping, neighbour list, backend forward, energy assembly,
   backward) measured by running the pipeline's prefixes, the compiled kernels' own time
   (``kernels_us=``, torch.profiler), and the aten / custom op count per step (dispatch).
+- ``profile``: one 22-atom call split into stages (input checks, neighbour list, backend
+  setup / forward / backward, forces scatter, finite check, the rest of the assembly) with
+  torch.profiler (record_shapes): ops dispatched and time per stage, compiled kernels' share.
 - ``--corun``: 64 g2 molecules (453 atoms) with and without a CPU-bound process beside them:
   1 thread, 2 threads with the rules off, 2 threads with them on.
 
@@ -293,6 +296,137 @@ def breakdown(args, env) -> list[dict]:
     ]
 
 
+# (label, module, attribute) of the functions whose ops make one stage of a plain model call
+STAGES = (
+    ("prepare_system", "tensornet_fast.model.module", "prepare_system"),
+    ("neighbour_list", "tensornet_fast.model.assembly.SearchEdges", "__call__"),
+    ("backend_setup", "tensornet_fast.backends.cpu.backend.CpuBackend", "_edges"),
+    ("backend_forward", "tensornet_fast.backends.cpu.backend", "fused_forward"),
+    ("backend_backward", "tensornet_fast.backends.cpu.backend", "fused_backward"),
+    ("forces_scatter", "tensornet_fast.model.assembly", "edge_vec_grad_to_positions"),
+    ("finite_check", "tensornet_fast.model.assembly", "check_finite_outputs"),
+)
+
+
+def _resolve(path: str):
+    import importlib
+
+    parts = path.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
+
+
+def profile(args, env) -> list[dict]:
+    """Where one 22-atom call (plain ``model(z, pos)``, 1 thread) spends its time: each stage
+    of STAGES wrapped in a profiler range for this run only; per stage the ops dispatched
+    (aten + compiled, nested ones included) and the profiler's wall time, the compiled kernels'
+    own time, and the rest ("assembly": std, energies, autograd glue). Profiler times include
+    its own overhead (~1-2 us per op): read them as shares; the un-profiled CPU time per call
+    is the row's median_s."""
+    import functools
+
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    import tensornet_fast as tnf
+
+    torch.set_num_threads(1)
+    system = systems.single_molecule()
+    z, pos, _ = _tensors(system)
+    model = tnf.load_model("default")
+    n = 10 if args.tiny else 50
+    saved = []
+    for label, owner, attr in STAGES:
+        obj = _resolve(owner)
+        fn = getattr(obj, attr)
+
+        def wrapped(*a, _fn=fn, _label=label, **k):
+            with record_function("stage." + _label):
+                return _fn(*a, **k)
+
+        saved.append((obj, attr, fn))
+        setattr(obj, attr, functools.wraps(fn)(wrapped))
+    try:
+        for _ in range(5):
+            model(z, pos)
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            with record_function("stage.call"):
+                for _ in range(n):
+                    model(z, pos)
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
+    per_call = _cpu_us(lambda: model(z, pos), 20 if args.tiny else 200)
+
+    def stage_of(event) -> str:
+        p = event.cpu_parent
+        while p is not None:
+            if p.name.startswith("stage.") and p.name != "stage.call":
+                return p.name[6:]
+            p = p.cpu_parent
+        return "assembly"
+
+    ops: dict[str, int] = {}
+    kernel_us: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    total = 0.0
+    for e in prof.events():
+        if e.name == "stage.call":
+            total += e.cpu_time_total
+        elif e.name.startswith("stage."):
+            wall[e.name[6:]] = wall.get(e.name[6:], 0.0) + e.cpu_time_total
+        if e.name.startswith(("aten::", "tensornet_fast::")):
+            st = stage_of(e)
+            ops[st] = ops.get(st, 0) + 1
+            if e.name.startswith("tensornet_fast::"):
+                kernel_us[st] = kernel_us.get(st, 0.0) + e.self_cpu_time_total
+    wall["assembly"] = total - sum(wall.values())
+    print(f"profile: 22 atoms, 1 thread, {per_call:.0f} us CPU per call without the profiler")
+    print(f"{'stage':18s} {'ops':>6s} {'us':>8s} {'kernels us':>11s} {'share':>6s}")
+    for label in [s[0] for s in STAGES] + ["assembly"]:
+        us = wall.get(label, 0.0) / n
+        k_us = kernel_us.get(label, 0.0) / n
+        print(
+            f"{label:18s} {ops.get(label, 0) / n:6.0f} {us:8.0f} {k_us:11.0f} "
+            f"{us / max(total / n, 1e-9):6.2f}"
+        )
+    notes = ";".join(
+        f"{label}:{ops.get(label, 0) / n:.0f}ops/{wall.get(label, 0.0) / n:.0f}us"
+        for label in [s[0] for s in STAGES] + ["assembly"]
+    )
+    return [
+        dict(
+            env,
+            threads=1,
+            benchmark="latency",
+            implementation="tensornet_fast",
+            backend="cpu",
+            mode="profile-stages",
+            dtype="float32",
+            system=system.name,
+            atoms=system.atoms,
+            batch=1,
+            median_s=per_call * 1e-6,
+            p20_s=per_call * 1e-6,
+            p80_s=per_call * 1e-6,
+            repeats=n,
+            ns_per_atom=per_call * 1e3 / system.atoms,
+            notes="model=L2-F48-K32-rc5;profiler_us_per_call="
+            + f"{total / n:.0f};"
+            + notes
+            + f";loadavg={harness.load_average()}",
+        )
+    ]
+
+
 def corun(args, env) -> list[dict]:
     import tensornet_fast as tnf
 
@@ -326,7 +460,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu only")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8)")
     parser.add_argument("--block", type=float, default=None, help="seconds per block (0.5)")
-    parser.add_argument("--only", default="single,sizes,breakdown", help="scenarios to run")
+    parser.add_argument("--only", default="single,sizes,breakdown,profile", help="scenarios to run")
     parser.add_argument("--corun", action="store_true", help="add the co-running scenario")
     parser.add_argument("--no-tmdn", action="store_true", help="skip torchmd-net")
     args = parser.parse_args(argv)
@@ -341,9 +475,14 @@ def main(argv=None) -> int:
         chosen.append("corun")
     rows = []
     for name in chosen:
-        rows += {"single": single, "sizes": sizes, "breakdown": breakdown, "corun": corun}[name](
-            args, env
-        )
+        scenario = {
+            "single": single,
+            "sizes": sizes,
+            "breakdown": breakdown,
+            "profile": profile,
+            "corun": corun,
+        }[name]
+        rows += scenario(args, env)
     if args.tiny:
         for row in rows:
             row["notes"] += ";tiny=1"

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..model.module import TensorNetModel
     from ..neighbors.graph import NeighborList
 
@@ -73,6 +75,20 @@ class Backend:
 
     def prepare(self, model: TensorNetModel) -> None:
         """Build state derived from the weights at load time instead of on the first call."""
+
+    def direct_forces(self, model: TensorNetModel) -> bool:
+        """Whether ``atomic_energies_vjp`` runs for this model (default: no). The assembly then
+        takes energy + forces without recording an autograd graph (``model.assembly``)."""
+        return False
+
+    def atomic_energies_vjp(
+        self, model: TensorNetModel, z: Tensor, nl: NeighborList, charge_factor: Tensor
+    ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(epsilon_i [N, 1] detached, vjp) where vjp(g_eps [N, 1]) = dE/d(edge_vec) [E, 3]
+        for dE/d(epsilon_i) = g_eps; ``nl`` as for ``atomic_energies`` but detached. Only
+        called where ``direct_forces(model)``; the same numbers as autograd through
+        ``atomic_energies``."""
+        raise NotImplementedError
 
     def atomic_energies(
         self,

@@ -92,14 +92,6 @@ class _VerletEdges(SearchEdges):
         )
         return self.candidates.num_edges
 
-    def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
-        nl = self.search(positions, cell)
-        # Distance 0 on exactly the N self-loops (none without them), else two atoms coincide:
-        # reject_coincident names them (one count instead of its four ops on every step).
-        if int((nl.edge_dist == 0).sum()) != (positions.shape[0] if self.loop else 0):
-            reject_coincident(nl)
-        return self.split(nl)
-
     def search(self, positions: Tensor, cell: Tensor | None) -> NeighborList:
         cand = self.candidates
         if not _search.compiled_device_ok(positions.device):

@@ -11,7 +11,9 @@ Energy (docs/spec.md "Output and energy"): epsilon_i from the backend, times std
 Atomref prior, summed per molecule (divided by atoms + 1 for ``reduce_op="mean"``, as torchmd-net
 does), plus mean, plus the pair priors (ZBL, D2) over the pairs within their own cutoffs. Forces
 are -dE/dpos; stress is (1/V) dE/d(strain) under a homogeneous deformation of cell and positions,
-symmetrised; both by autograd through the backend's (hand-written or autograd) backward.
+symmetrised; both by autograd through the backend's (hand-written or autograd) backward, or,
+for energy + forces alone on a backend with ``direct_forces``, from its vector-Jacobian product
+without recording a graph (the same numbers).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from ..backends import for_call
 from ..errors import InputError
 from ..neighbors import NeighborList, radius_graph_full, reject_coincident
+from ..neighbors.search import compiled_device_ok, compiled_search, edge_vec_grad_to_positions
 from .inputs import System
 from .priors import atomref_energy, d2_from_edges, zbl_from_edges
 
@@ -66,13 +69,20 @@ class SearchEdges:
     def search(self, positions: Tensor, cell: Tensor | None) -> NeighborList:
         """Every pair within [lower, cutoff) and one self-loop per atom (if the model has
         them), sorted by receiver."""
+        if cell is None and compiled_device_ok(positions.device):
+            # open boundaries: prepare_system checked the positions and sorted the batch, so
+            # radius_graph_full's checks (~35 us of a 22-atom call) would repeat them
+            return compiled_search(positions, self.cutoff, self.batch, None, self.loop, self.lower)
         return radius_graph_full(
             positions, self.cutoff, self.batch, cell, loop=self.loop, cutoff_lower=self.lower
         )
 
     def __call__(self, positions: Tensor, cell: Tensor | None) -> tuple[NeighborList, NeighborList]:
         nl = self.search(positions, cell)
-        reject_coincident(nl)
+        # Distance 0 on exactly the N self-loops (none without them), else two atoms coincide:
+        # reject_coincident names them (one count instead of its four ops on every call).
+        if int((nl.edge_dist == 0).sum()) != (positions.shape[0] if self.loop else 0):
+            reject_coincident(nl)
         return self.split(nl)
 
     def split(self, nl: NeighborList) -> tuple[NeighborList, NeighborList]:
@@ -139,6 +149,16 @@ def _energies(model, system: System, scaled: Tensor, pairs: list) -> Tensor:
         mol = batch.index_select(0, receiver)
         y = y + torch.zeros_like(y[:, 0]).scatter_add(0, mol, pair)[:, None]
     return y
+
+
+def _energy_weights(model, system: System, eps: Tensor) -> Tensor:
+    """d(sum of the energies)/d(epsilon_i) [N, 1]: the energy is affine in epsilon_i
+    (``_scaled``, ``_energies``), so this is std, over atoms + 1 for ``reduce_op="mean"``; the
+    same ops in the same order as autograd's backward through them (the same bits)."""
+    w = torch.ones(system.n_mol, 1, dtype=eps.dtype, device=eps.device)
+    if model.config.reduce_op == "mean":
+        w = w / (system.atoms_per_mol.to(w.dtype) + 1)[:, None]
+    return w.index_select(0, system.batch) * model.std
 
 
 def _atom_energies(model, system: System, scaled: Tensor, pairs: list) -> Tensor:
@@ -262,8 +282,18 @@ def evaluate(
     second_order = keep_graph and backend.parameter_gradients
     if stress and system.cell is None:
         raise ValueError("stress needs a periodic cell")
-    with backend.threads(pos.shape[0]), torch.set_grad_enabled(forces or stress or keep_graph):
-        leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(forces)
+    # Energy + forces only (no stress, no graph kept, no pair priors) on a backend with its own
+    # vector-Jacobian product: no autograd graph, no engine, no edge-vector nodes (22 atoms:
+    # see docs/performance.md section 11). The same numbers as the autograd branch.
+    direct = (
+        forces
+        and gradient_of is None
+        and not (stress or keep_graph or static or has_pair_priors(model))
+        and backend.direct_forces(model)
+    )
+    by_autograd = forces and not direct
+    with backend.threads(pos.shape[0]), torch.set_grad_enabled(by_autograd or stress or keep_graph):
+        leaf = pos if keep_graph and pos.requires_grad else pos.detach().requires_grad_(by_autograd)
         positions, cell = leaf, system.cell
         if stress:
             strain = torch.zeros_like(system.cell).requires_grad_(True)
@@ -271,18 +301,27 @@ def evaluate(
             positions = torch.einsum("na,nab->nb", leaf, deform.index_select(0, system.batch))
             cell = system.cell @ deform
         network_edges, pair_edges = edges(positions, cell)
-        eps = backend.atomic_energies(
-            model, system.z, network_edges, system.charge_factor, static=static
-        )
+        if direct:
+            eps, vjp = backend.atomic_energies_vjp(
+                model, system.z, network_edges, system.charge_factor
+            )
+        else:
+            eps = backend.atomic_energies(
+                model, system.z, network_edges, system.charge_factor, static=static
+            )
         scaled = _scaled(model, eps, system.z)
         pairs = _pair_prior_terms(model, system.z, pair_edges)
         energy = _energies(model, system, scaled, pairs)
         out = {"energy": energy}
         if atom_energies:
             out["atom_energies"] = _atom_energies(model, system, scaled, pairs)
-        inputs = ([leaf] if forces else []) + ([strain] if stress else [])
+        inputs = ([leaf] if by_autograd else []) + ([strain] if stress else [])
         grads = []
-        if inputs:
+        if direct:
+            g_vec = vjp(_energy_weights(model, system, eps))  # dE/d(edge_vec) [E, 3]
+            n = pos.shape[0]
+            grads = [edge_vec_grad_to_positions(g_vec, network_edges.edge_index, n)]
+        elif inputs:
             total = energy.sum() if gradient_of is None else (energy[:, 0] * gradient_of).sum()
             grads = torch.autograd.grad(
                 total, inputs, create_graph=second_order, retain_graph=keep_graph

@@ -55,6 +55,20 @@ def _is_int(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
+def _seen(model, name: str, z: Tensor) -> bool:
+    """Whether this very ``z`` tensor, unedited since (version counter), passed the check
+    ``name`` on an earlier call: MD loops and calculators pass one z tensor call after call,
+    and its range and domain checks were ~20 us of a 22-atom call."""
+    last = model.__dict__.get(name)
+    return last is not None and last[0] is z and last[1] == z._version
+
+
+def _mark(model, name: str, z: Tensor) -> None:
+    """Remember that ``z`` passed the check ``name`` (a reference keeps its memory from being
+    reused by another tensor while remembered)."""
+    model.__dict__[name] = (z, z._version)
+
+
 def check_atoms(model, z, pos, batch, q):
     """(z int64 [N], pos [N, 3], batch int64 [N]) after the shape, dtype, device and value
     checks; numpy arrays and lists become tensors of the model's dtype and device."""
@@ -87,8 +101,8 @@ def check_atoms(model, z, pos, batch, q):
     if model.config.element_types is not None:  # z are atomic numbers: map them to rows
         z = element_rows(model.config.element_types, z)
     max_z = model.config.max_z
-    out_of_range = (z < 0) | (z >= max_z)
-    if bool(out_of_range.any()):
+    out_of_range = None if _seen(model, "_z_in_range", z) else (z < 0) | (z >= max_z)
+    if out_of_range is not None and bool(out_of_range.any()):
         bad = torch.unique(z[out_of_range])[:10].tolist()
         known = model.elements if model.elements is not None else range(1, max_z)
         raise InputError(
@@ -99,6 +113,8 @@ def check_atoms(model, z, pos, batch, q):
                 for v in bad
             )
         )
+    if out_of_range is not None:
+        _mark(model, "_z_in_range", z)
     if batch is None:
         batch = torch.zeros_like(z)
     elif batch.shape != z.shape or not _is_int(batch.dtype):
@@ -117,6 +133,8 @@ def check_domain(model, z: Tensor, q) -> None:
     outside = None
     # z are embedding rows here; a model with an element list (matgl) took atomic numbers and
     # refused other elements in check_atoms
+    if q is None and _seen(model, "_z_in_domain", z):
+        return
     if model.elements is not None and model.config.element_types is None:
         mask = model.__dict__.get("_trained_mask")
         if mask is None or mask.device != z.device:
@@ -127,6 +145,8 @@ def check_domain(model, z: Tensor, q) -> None:
             outside = z
     charged = q is not None and not model.config.charge
     if outside is None and not charged:
+        if q is None:
+            _mark(model, "_z_in_domain", z)
         return
     issues = model.domain_issues(torch.unique(outside) if outside is not None else [], q)
     elements = tuple(i for i in issues if not i.startswith("total charge"))
@@ -190,8 +210,9 @@ def prepare_system(
 ) -> System:
     """Check one call's inputs and sort its atoms by molecule (``sort=False``: refuse an
     unsorted batch instead, for callers whose buffers are fixed)."""
+    one_molecule = batch is None  # then sorted, one molecule: 4 ops and 2 host reads fewer
     z, pos, batch = check_atoms(model, z, pos, batch, q)
-    n_mol = int(batch.max()) + 1
+    n_mol = 1 if one_molecule else int(batch.max()) + 1
     check_molecule_count(n_mol, z.shape[0])
     q = check_charges(q, n_mol, z.device)
     check_domain(model, z, q)
@@ -200,7 +221,7 @@ def prepare_system(
     if stress and box is None:
         raise InputError("stress needs a periodic box (box=... or the checkpoint's box_vecs)")
     order = None
-    if bool((batch[1:] < batch[:-1]).any()):
+    if not one_molecule and bool((batch[1:] < batch[:-1]).any()):
         if not sort:
             raise InputError("batch must be sorted (atoms of a molecule contiguous, ascending)")
         order = torch.sort(batch, stable=True).indices
@@ -211,7 +232,11 @@ def prepare_system(
         pos=pos,
         batch=batch,
         n_mol=n_mol,
-        atoms_per_mol=torch.bincount(batch, minlength=n_mol),
+        atoms_per_mol=(
+            torch.full((1,), z.shape[0], device=z.device)
+            if one_molecule
+            else torch.bincount(batch, minlength=n_mol)
+        ),
         cell=cell,
         charge_factor=charge_factor(model, q, batch, n_mol),
         order=order,

@@ -60,6 +60,24 @@ def test_atom_type_outside_model(model, value):
         model(z, pos, batch)
 
 
+def test_same_z_tensor_edited_between_calls(model):
+    """The range check is skipped for a z tensor that passed it and was not edited since (MD
+    loops): an in-place edit (version counter) is checked again; batch=None gives the numbers of
+    an explicit one-molecule batch; coincident atoms are still refused without a batch."""
+    z, pos, batch = molecule_batch(("CH3OH",))
+    e0, f0 = model(z, pos, batch)
+    e1, f1 = model(z, pos)
+    e2, f2 = model(z, pos)
+    assert torch.equal(e0, e1) and torch.equal(f0, f1) and torch.equal(e1, e2)
+    z[2] = 20
+    with pytest.raises(InputError, match="not among"):
+        model(z, pos)
+    z[2] = 1
+    pos[1] = pos[0]
+    with pytest.raises(InputError, match="coincide"):
+        model(z, pos)
+
+
 def test_coincident_atoms(model):
     z, pos, batch = molecule_batch()
     pos[1] = pos[0]

@@ -35,7 +35,7 @@ from ..shared.radial import gated_head
 from ..shared.tables import filter_tables
 from . import torch_passes
 from .filters import make_filters
-from .fused import _FusedModel, prepared
+from .fused import _FusedModel, fused_backward, fused_forward, prepared
 from .graph import Graph
 from .ops import compiled_ops, stage
 from .static import atomic_energies as static_atomic_energies
@@ -107,17 +107,8 @@ class CpuBackend(Backend):
                     "compiled extension built"
                 )
             return static_atomic_energies(model, ops, z, nl, charge_factor)
-        key = weights_key(model)
-        g = Graph(nl, z.shape[0], ops)
         deriv = torch.is_grad_enabled() and nl.edge_vec.requires_grad
-        mode = self.resolve_filter_mode(model, model.filter_request, key)
-        with stage("filters"):
-            filters = make_filters(model, mode, g, deriv, ops, key)
-        ztab, zidx, n_species = pair_table(model, z, key)
-        # [E] row of ztab; index_select, not zidx[g.i]: advanced indexing opened a parallel
-        # region for 3.8k edges (64 g2 molecules: 158 us -> 41 us for the pair, thread wake-up
-        # included)
-        pair = zidx.index_select(0, g.i) * n_species + zidx.index_select(0, g.j)
+        g, filters, ztab, pair, key = self._edges(model, z, nl, ops, deriv)
         if ops is None:
             return torch_passes.atomic_energies(
                 model, g, filters, ztab, pair, nl.edge_vec, charge_factor
@@ -128,6 +119,36 @@ class CpuBackend(Backend):
         if prep.gated:  # matgl's gated readout, autograd (fused.Prepared)
             return gated_head(model.output_model.gated, out)
         return out
+
+    def direct_forces(self, model) -> bool:
+        """The compiled path with the Scalar head (base.Backend.direct_forces)."""
+        return self.use_extension and compiled_ops() is not None and model.config.readout != "gated"
+
+    def atomic_energies_vjp(self, model, z: Tensor, nl, charge_factor: Tensor):
+        """(epsilon_i [N, 1], g_eps -> dE/d(edge_vec) [E, 3]) without autograd: the same
+        fused_forward / fused_backward as the autograd node, called directly. One 22-atom step
+        records no graph and skips the engine and the edge-vector nodes (docs/performance.md
+        section 11)."""
+        ops = self.ops()
+        g, filters, ztab, pair, key = self._edges(model, z, nl, ops, True)
+        prep = prepared(model, ops, key)
+        q = charge_factor.detach().to(nl.edge_vec.dtype).contiguous()
+        eps, tapes = fused_forward(prep, g, filters, ztab, pair, q)
+        return eps, lambda g_eps: fused_backward(prep, g, filters, ztab, pair, q, tapes, g_eps)
+
+    def _edges(self, model, z: Tensor, nl, ops, deriv: bool):
+        """(Graph, filters, pair table [S*S, F], row of each edge in it [E], weights key)."""
+        key = weights_key(model)
+        g = Graph(nl, z.shape[0], ops)
+        mode = self.resolve_filter_mode(model, model.filter_request, key)
+        with stage("filters"):
+            filters = make_filters(model, mode, g, deriv, ops, key)
+        ztab, zidx, n_species = pair_table(model, z, key)
+        # [E] row of ztab; index_select, not zidx[g.i]: advanced indexing opened a parallel
+        # region for 3.8k edges (64 g2 molecules: 158 us -> 41 us for the pair, thread wake-up
+        # included)
+        pair = zidx.index_select(0, g.i) * n_species + zidx.index_select(0, g.j)
+        return g, filters, ztab, pair, key
 
 
 def pair_table(model, z: Tensor, key: tuple | None = None) -> tuple[Tensor, Tensor, int]:

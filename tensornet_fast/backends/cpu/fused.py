@@ -102,6 +102,63 @@ def prepared(model, ops, key: tuple) -> Prepared:
     return derived(model, "cpu_prepared", lambda: Prepared(model, ops), key)
 
 
+def fused_forward(prep: Prepared, g, filters, ztab, pair, q) -> tuple[Tensor, tuple]:
+    """edge passes, layers and head forward: (epsilon_i [N, 1] (gated readouts: the features
+    after ``linear`` [N, F]), the tape ``fused_backward`` reads). Plain function: the autograd
+    node (``_FusedModel``) and the direct energy + forces path (``backend.atomic_energies_vjp``)
+    run the same code, so their numbers agree bitwise."""
+    ops = prep.ops
+    with stage("embedding_fwd"):
+        tab, _, idx, s, inv_h = filters[0].kernel_args(False)
+        raw = ops.cpu_embed_fwd(g.row_ptr, g.rhat, ztab, pair, tab, idx, s, inv_h)
+    with stage("embed_combine_fwd"):
+        norm, mlp_tape = prep.embedding_mlp.forward(ops.cpu_sq_norms(raw, False))
+        x, p = ops.cpu_embed_combine_fwd(raw, norm, prep.w_emb, prep.w_emb_packed[0])
+    layers = []
+    for w, (wp, _), filt in zip(prep.w_layers, prep.w_layers_packed, filters[1:]):
+        with stage("layer_fwd"):  # w [6, F, F]
+            tab, _, idx, s, inv_h = filt.kernel_args(False)
+            out, y, m, dx = ops.cpu_layer_fwd(
+                x, w, wp, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
+            )
+        layers.append((x, y, m, dx))
+        x = out
+    with stage("head_fwd"):
+        feats = ops.cpu_sq_norms(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
+        eps, head_tape = prep.head.forward(feats)
+    return eps, (raw, mlp_tape, norm, p, layers, x, head_tape)
+
+
+def fused_backward(prep: Prepared, g, filters, ztab, pair, q, tapes, g_eps: Tensor) -> Tensor:
+    """dE/d(edge_vec) [E, 3] given g_eps = dE/d(epsilon_i) and ``fused_forward``'s tape."""
+    ops = prep.ops
+    raw, mlp_tape, norm, p, layers, x, head_tape = tapes
+    with stage("head_bwd"):
+        gx = ops.cpu_sq_norms_bwd(x, prep.head.backward(g_eps, head_tape))
+    gd = None  # dE/dd [E] summed over the layers
+    per_layer = zip(prep.w_layers, prep.w_layers_packed, filters[1:], layers)
+    for w, (_, wp), filt, saved in reversed(list(per_layer)):
+        with stage("layer_bwd"):
+            tab, dtab, idx, s, inv_h = filt.kernel_args(True)
+            gx, gd_layer = ops.cpu_layer_bwd(
+                gx, *saved, w, wp, q, prep.o3, g.row_ptr, g.j, tab, dtab, idx, s, inv_h
+            )
+        gd = gd_layer if gd is None else gd.add_(gd_layer)
+    with stage("embed_combine_bwd"):
+        graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb, prep.w_emb_packed[1])
+        gsq = prep.embedding_mlp.backward(gnorm, mlp_tape)
+    with stage("embedding_bwd"):
+        # the chain rule through rhat and d to edge_vec is in the kernel, and so is the
+        # squared norm's 2 raw gsq (added to graw per row)
+        tab, dtab, idx, s, inv_h = filters[0].kernel_args(True)
+        edges = (g.row_ptr, g.rhat, g.d, ztab, pair)
+        filt = (tab, dtab, idx, s, inv_h)
+        gv = ops.cpu_embed_bwd(*edges, graw, *filt, raw, gsq.contiguous())
+        if gd is not None:
+            gv.add_(g.edge_vec_grad(gd, None))
+    return gv
+
+
 class _FusedModel(torch.autograd.Function):
     """edge_vec [E, 3] -> epsilon_i [N, 1] (gated readouts: the features after ``linear``
     [N, F]) with the compiled kernels (csrc/cpu/):
@@ -115,56 +172,13 @@ class _FusedModel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, edge_vec, prep, g, filters, ztab, pair, q):
-        ops = prep.ops
-        with stage("embedding_fwd"):
-            tab, _, idx, s, inv_h = filters[0].kernel_args(False)
-            raw = ops.cpu_embed_fwd(g.row_ptr, g.rhat, ztab, pair, tab, idx, s, inv_h)
-        with stage("embed_combine_fwd"):
-            norm, mlp_tape = prep.embedding_mlp.forward(ops.cpu_sq_norms(raw, False))
-            x, p = ops.cpu_embed_combine_fwd(raw, norm, prep.w_emb, prep.w_emb_packed[0])
-        layers = []
-        for w, (wp, _), filt in zip(prep.w_layers, prep.w_layers_packed, filters[1:]):
-            with stage("layer_fwd"):  # w [6, F, F]
-                tab, _, idx, s, inv_h = filt.kernel_args(False)
-                out, y, m, dx = ops.cpu_layer_fwd(
-                    x, w, wp, q, prep.o3, g.row_ptr, g.j, tab, idx, s, inv_h
-                )
-            layers.append((x, y, m, dx))
-            x = out
-        with stage("head_fwd"):
-            feats = ops.cpu_sq_norms(x, True)  # [N, 3F]: 3 I^2 | ||A||^2 | ||S||^2
-            eps, head_tape = prep.head.forward(feats)
+        eps, tapes = fused_forward(prep, g, filters, ztab, pair, q)
         ctx.prep, ctx.g, ctx.filters, ctx.ztab, ctx.pair, ctx.q = prep, g, filters, ztab, pair, q
-        ctx.tapes = (raw, mlp_tape, norm, p, layers, x, head_tape)
+        ctx.tapes = tapes
         return eps
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_eps):
-        prep, g, filters, q = ctx.prep, ctx.g, ctx.filters, ctx.q
-        ops = prep.ops
-        raw, mlp_tape, norm, p, layers, x, head_tape = ctx.tapes
-        with stage("head_bwd"):
-            gx = ops.cpu_sq_norms_bwd(x, prep.head.backward(g_eps, head_tape))
-        gd = None  # dE/dd [E] summed over the layers
-        per_layer = zip(prep.w_layers, prep.w_layers_packed, filters[1:], layers)
-        for w, (_, wp), filt, saved in reversed(list(per_layer)):
-            with stage("layer_bwd"):
-                tab, dtab, idx, s, inv_h = filt.kernel_args(True)
-                gx, gd_layer = ops.cpu_layer_bwd(
-                    gx, *saved, w, wp, q, prep.o3, g.row_ptr, g.j, tab, dtab, idx, s, inv_h
-                )
-            gd = gd_layer if gd is None else gd.add_(gd_layer)
-        with stage("embed_combine_bwd"):
-            graw, gnorm = ops.cpu_embed_combine_bwd(gx, p, norm, prep.w_emb, prep.w_emb_packed[1])
-            gsq = prep.embedding_mlp.backward(gnorm, mlp_tape)
-        with stage("embedding_bwd"):
-            # the chain rule through rhat and d to edge_vec is in the kernel, and so is the
-            # squared norm's 2 raw gsq (added to graw per row)
-            tab, dtab, idx, s, inv_h = filters[0].kernel_args(True)
-            edges = (g.row_ptr, g.rhat, g.d, ctx.ztab, ctx.pair)
-            filt = (tab, dtab, idx, s, inv_h)
-            gv = ops.cpu_embed_bwd(*edges, graw, *filt, raw, gsq.contiguous())
-            if gd is not None:
-                gv.add_(g.edge_vec_grad(gd, None))
-        return gv, None, None, None, None, None, None
+        args = (ctx.prep, ctx.g, ctx.filters, ctx.ztab, ctx.pair, ctx.q, ctx.tapes)
+        return fused_backward(*args, g_eps), None, None, None, None, None, None

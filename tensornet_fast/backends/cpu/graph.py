@@ -21,7 +21,6 @@ class Graph:
         # [E], 0 on self-loops. A self-loop is the one edge with d = 0 (coincident atoms are
         # rejected before): an atom's own periodic image (i == j, lattice shift) is a real edge.
         real = self.d != 0
-        self.not_self = real.to(self.d.dtype)
         self.safe_d = torch.where(real, self.d, 1.0)
         # a self-loop's vector is exactly 0 (pos[i] - pos[i]), so its rhat is 0 / 1 = 0 with no
         # mask (two ops fewer per call)
@@ -49,5 +48,7 @@ class Graph:
         g = gd[:, None] * self.rhat
         if grhat is not None:
             radial = (grhat * self.rhat).sum(1, keepdim=True)
-            g = g + (grhat - radial * self.rhat) / self.safe_d[:, None] * self.not_self[:, None]
+            # 0 on self-loops; made here, not per call: the compiled path never passes grhat
+            not_self = (self.d != 0).to(self.d.dtype)[:, None]
+            g = g + (grhat - radial * self.rhat) / self.safe_d[:, None] * not_self
         return g
